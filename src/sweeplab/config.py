@@ -1,0 +1,229 @@
+"""Typed schema of the composed Hydra config, checked before anything heavy is imported.
+
+Pydantic does the type and range checks (a well-kept library beats hand-written checks);
+this module only turns its errors into one message that names every bad dotted key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sweeplab.errors import ConfigError
+
+# Named LoRA target sets the sweeper chooses among. "all-linear" is peft's own keyword
+# (every linear layer but the output head); the others are Llama/Qwen module names.
+TARGET_SETS: dict[str, str | list[str]] = {
+    "all-linear": "all-linear",
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qv": ["q_proj", "v_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
+
+
+class Schema(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedRecipe(Schema):
+    """How the embedded base is built; every field is part of its cache key."""
+
+    name: str
+    vocab_size: int = Field(ge=300)  # 256 byte tokens + specials + merges
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0)
+    corpus_chars: int | None = Field(default=None, gt=0)  # None: all shipped text
+    pretrain_steps: int = Field(ge=0)
+    pretrain_seq_len: int = Field(gt=1)
+    pretrain_batch_size: int = Field(gt=0)
+    pretrain_lr: float = Field(gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> EmbeddedRecipe:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class QuantConfig(Schema):
+    load_in_4bit: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class ModelConfig(Schema):
+    """Either a hub id / local directory, or the recipe of the embedded base."""
+
+    name_or_path: str | None = None
+    embedded: EmbeddedRecipe | None = None
+    quant: QuantConfig = QuantConfig()
+    gradient_checkpointing: bool = True
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.embedded is None):
+            raise ValueError("set exactly one of model.name_or_path (hub id or local dir) and model.embedded")
+        return self
+
+
+class LoraConfig(Schema):
+    r: int = Field(default=16, gt=0)
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    targets: str | list[str] = "all-linear"
+    layers_to_transform: list[int] | int | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: str | list[str]) -> str | list[str]:
+        if isinstance(targets, str) and targets not in TARGET_SETS:
+            raise ValueError(f"must be one of {sorted(TARGET_SETS)} or a list of module names")
+        if isinstance(targets, list) and not targets:
+            raise ValueError("must name at least one module")
+        return targets
+
+    @property
+    def target_modules(self) -> str | list[str]:
+        return TARGET_SETS[self.targets] if isinstance(self.targets, str) else list(self.targets)
+
+    @property
+    def scaling(self) -> float:
+        """Logged per run: sweeping r alone silently changes the update scale alpha/r."""
+        return self.alpha / self.r
+
+
+class OptimConfig(Schema):
+    name: Literal["adamw", "paged_adamw_8bit"] = "adamw"
+    lr: float = Field(default=2e-4, gt=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    warmup_steps: int | None = Field(default=None, ge=0)  # when set, wins over warmup_ratio
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # cosine floor as a fraction of lr
+
+
+class DataConfig(Schema):
+    source: Literal["toolcalls", "jsonl", "text"] = "toolcalls"
+    path: str | None = None
+    val_path: str | None = None
+    n_train: int = Field(default=2000, gt=0)  # toolcalls only
+    n_val: int = Field(default=200, gt=0)  # toolcalls only
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)  # jsonl/text without val_path
+    max_seq_len: int = Field(default=256, ge=8)
+    batch_size: int = Field(default=8, gt=0)
+    eval_batch_size: int = Field(default=16, gt=0)
+    seed: int = 1234
+    num_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source in ("jsonl", "text") and not self.path:
+            raise ValueError(f"path is required for source '{self.source}' (data.path=/path/to/file)")
+        return self
+
+
+class TrainerConfig(Schema):
+    max_steps: int = Field(default=300, gt=0)  # optimizer steps
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int = Field(default=1, ge=1)
+    val_every_n_steps: int = Field(default=50, gt=0)  # optimizer steps between validations
+    limit_val_batches: int | float | None = None
+    accumulate_grad_batches: int = Field(default=1, ge=1)
+    grad_clip: float | None = Field(default=1.0, ge=0)
+    val_at_start: bool = True  # the base's val loss, so the gain is visible
+    log_every_n_steps: int = Field(default=5, gt=0)
+    enable_progress_bar: bool = True
+
+
+class EarlyStoppingConfig(Schema):
+    enabled: bool = True
+    patience: int = Field(default=3, ge=1)  # validations without improvement
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class CheckpointConfig(Schema):
+    save_best: bool = True
+    save_last: bool = True
+
+
+class CallbacksConfig(Schema):
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+class LoggerConfig(Schema):
+    backend: Literal["wandb", "csv", "none"] = "wandb"
+    project: str = "sweeplab"
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = []
+    mode: Literal["auto", "online", "offline"] = "auto"  # auto: online only with an API key
+
+
+class PathsConfig(Schema):
+    output_root: str
+    cache_dir: str
+
+
+class RunConfig(Schema):
+    seed: int = 42
+    run_name: str
+    ckpt_path: str | None = None  # "last", a .ckpt file, or a run dir
+    model: ModelConfig
+    lora: LoraConfig
+    optim: OptimConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    callbacks: CallbacksConfig
+    logger: LoggerConfig
+    paths: PathsConfig
+
+
+def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "config"
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(_fields_at(root, loc[:-1]))
+        return f"{key} is not a key; expected one of {allowed}"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{key} is required"
+    return f"{key}: {message} (got {err['input']!r})" if "input" in err and not isinstance(
+        err["input"], dict
+    ) else f"{key}: {message}"
+
+
+def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        model = next(a for a in candidates if issubclass(a, BaseModel))
+    return list(model.model_fields)
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check the whole composed config at once and raise one ConfigError listing every problem."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:  # interpolation and missing-value errors from OmegaConf
+        raise ConfigError(f"config does not resolve: {exc}") from None
+    data.pop("hydra", None)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_format_error(err, RunConfig) for err in exc.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,13 @@
+"""Errors a user can fix; train.py prints them as one line instead of a traceback."""
+
+
+class SweeplabError(Exception):
+    """Base class: the message alone tells the user what to change."""
+
+
+class ConfigError(SweeplabError, ValueError):
+    """Raised before any weights load, so a bad trial fails in seconds."""
+
+
+class DataError(SweeplabError, ValueError):
+    """A data file is missing or malformed; the message names file:line."""
