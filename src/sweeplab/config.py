@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweeplab.errors import ConfigError
@@ -217,11 +217,13 @@ def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the whole composed config at once and raise one ConfigError listing every problem."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)  # Hydra's own node; only resolvable inside a running job
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # interpolation and missing-value errors from OmegaConf
         raise ConfigError(f"config does not resolve: {exc}") from None
-    data.pop("hydra", None)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

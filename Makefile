@@ -1,0 +1,42 @@
+# sweeplab: `make help` lists the targets.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+ARGS    ?=
+
+.PHONY: help install train test test-fast lint format bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
+
+install: .venv/.installed  ## venv with the exact pins of constraints.txt (idempotent)
+
+# torch first and pinned: an unpinned resolve pulls a multi-GB CUDA build.
+.venv/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) check
+	touch $@
+
+train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="optim.lr=3e-4"
+	$(PY) -m sweeplab.train $(ARGS)
+
+test: install  ## install from nothing, then every CPU test (slow ones too): what CI runs
+	$(PY) -m pytest -m "not gpu"
+
+test-fast:  ## the quick loop while you work
+	$(PY) -m pytest -m "not slow and not gpu"
+
+lint:  ## ruff
+	.venv/bin/ruff check src tests bench
+
+format:  ## ruff format + import sort
+	.venv/bin/ruff check --fix --select I src tests bench
+	.venv/bin/ruff format src tests bench
+
+bench: install  ## benchmarks; writes BENCHMARKS.md
+	$(PY) bench/bench_step.py --out BENCHMARKS.md
+
+clean:  ## remove run outputs and caches (not the venv, not ~/.cache/sweeplab)
+	rm -rf outputs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,48 @@
+"""Experiment loggers: W&B (offline by itself without a key), CSV, or none."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from sweeplab.config import LoggerConfig
+
+log = logging.getLogger(__name__)
+
+
+def wandb_has_key() -> bool:
+    """A key in the environment or ~/.netrc; without one, init would prompt or wait on the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]) -> Logger | bool:
+    if cfg.backend == "none":
+        return False
+    if cfg.backend == "csv":
+        logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        logger.log_hyperparams(config)
+        return logger
+    offline = cfg.mode == "offline" or (cfg.mode == "auto" and not wandb_has_key())
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        offline = True
+    if offline:
+        log.info("W&B offline (no API key): sync later with `wandb sync %s/wandb/offline-run-*`", run_dir)
+    return WandbLogger(
+        project=cfg.project,
+        group=cfg.group,
+        name=cfg.name,
+        tags=list(cfg.tags),
+        save_dir=str(run_dir),
+        offline=offline,
+        config=config,
+    )

@@ -1,0 +1,108 @@
+"""4-bit load + LoRA wrap: one path for the embedded base, a local copy and a hub model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from bitsandbytes.nn import Linear4bit
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from sweeplab.config import LoraConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> str:
+    """The embedded base is built (once) into the cache; anything else is a hub id or local dir."""
+    if cfg.embedded is not None:
+        from sweeplab.base import ensure_base
+
+        return str(ensure_base(cfg.embedded, cache_dir).resolve())
+    path = Path(cfg.name_or_path).expanduser()
+    # An absolute adapter base path lets any peft client rebuild the model from the adapter alone.
+    return str(path.resolve()) if path.exists() else cfg.name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:  # Llama 3 ships none; padding is masked out of the loss anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def disable_cpu_repack(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes repacking frozen 4-bit weights on eval passes (DESIGN.md: it shrinks LoRA grads)."""
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def load_quantized(
+    name_or_path: str, cfg: ModelConfig, compute_dtype: torch.dtype, device: str = "cpu"
+) -> torch.nn.Module:
+    """from_pretrained with NF4 + double quantization, exactly as for a hub model."""
+    quant = None
+    if cfg.quant.load_in_4bit:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quant.quant_type,
+            bnb_4bit_use_double_quant=cfg.quant.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        quantization_config=quant,
+        dtype=compute_dtype if device != "cpu" else torch.float32,
+        device_map={"": device} if device != "cpu" else None,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    n_4bit = disable_cpu_repack(model)
+    if cfg.quant.load_in_4bit and n_4bit == 0:
+        raise RuntimeError(f"{name_or_path}: no layer was quantized to 4 bits")
+    return model
+
+
+def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
+    """Freeze the base, upcast norms, and add LoRA adapters on the chosen target set."""
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=lora.target_modules,
+        layers_to_transform=lora.layers_to_transform,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, peft_config)
+    peft_model.train()  # from_pretrained leaves eval mode; dropout and the repack guard need train
+    return peft_model
+
+
+def build_model(
+    name_or_path: str, cfg: ModelConfig, lora: LoraConfig, compute_dtype: torch.dtype, device: str = "cpu"
+) -> PeftModel:
+    model = load_quantized(name_or_path, cfg, compute_dtype, device)
+    peft_model = wrap_lora(model, lora, cfg.gradient_checkpointing)
+    trainable, total = count_parameters(peft_model)
+    log.info("LoRA r=%d alpha=%g on %s: %s trainable of %s parameters", lora.r, lora.alpha,
+             lora.targets, f"{trainable:,}", f"{total:,}")
+    return peft_model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total); 4-bit weights count as stored elements x 2 (two NF4 values per byte)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * 2 if p.dtype == torch.uint8 else p.numel()
+    return trainable, total

@@ -1,0 +1,146 @@
+"""LightningModule around a peft model: loss, assistant-token metrics, AdamW, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.aggregation import MeanMetric
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from sweeplab.config import OptimConfig
+from sweeplab.errors import SweeplabError
+
+
+class DivergedError(SweeplabError, FloatingPointError):
+    """A NaN/inf training loss; the run stops instead of training on garbage."""
+
+
+def warmup_steps(optim: OptimConfig, max_steps: int) -> int:
+    return optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_ratio * max_steps)
+
+
+def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    # Decay the LoRA matrices only; biases and norms (bias="all") keep their scale.
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    kwargs = {"lr": optim.lr, "betas": optim.betas, "eps": optim.eps}
+    if optim.name == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+class QLoRAModule(L.LightningModule):
+    """Runs the model; keeps the val history and the best LoRA weights for the outputs."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, max_steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.max_steps = max_steps
+        self.strict_loading = False  # checkpoints hold the trainable (LoRA) weights only
+        self.val_loss = MeanMetric()  # token-weighted over the whole val set
+        self.val_acc = MeanMetric()
+        self.val_history: list[dict[str, float]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.train_tokens = 0
+        self.train_seconds = 0.0
+        self._batch_start = 0.0
+
+    # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise DivergedError(f"training loss became {loss.item()} at step {self.global_step}; "
+                                "lower optim.lr or raise trainer.grad_clip")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Forward + backward + optimizer step, excluding validation and data loading.
+        self.train_seconds += time.perf_counter() - self._batch_start
+        self.train_tokens += int(batch["attention_mask"].sum())
+        self.log("tokens_per_s", self.tokens_per_s, prog_bar=True)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
+
+    # --- validation ---------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]  # next-token: position t predicts token t+1
+        mask = targets != -100
+        picked = logits[:, :-1][mask].float()  # (N, vocab) over assistant tokens only
+        wanted = targets[mask]
+        n = int(mask.sum())
+        if n == 0:
+            return
+        self.val_loss.update(F.cross_entropy(picked, wanted), weight=n)
+        self.val_acc.update((picked.argmax(-1) == wanted).float().mean(), weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        loss = float(self.val_loss.compute())
+        acc = float(self.val_acc.compute())
+        self.val_loss.reset()
+        self.val_acc.reset()
+        ppl = math.exp(min(loss, 50.0))
+        self.log_dict({"val/loss": loss, "val/ppl": ppl, "val/acc": acc}, prog_bar=True)
+        entry = {"step": self.global_step, "val/loss": loss, "val/ppl": ppl, "val/acc": acc}
+        trained = self.global_step > 0
+        if trained and all(loss < h["val/loss"] for h in self.val_history if h["step"] > 0):
+            self.best_state = {k: v.detach().clone() for k, v in self._trainable_state().items()}
+        self.val_history.append(entry)
+
+    # --- best weights and checkpoints ---------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_best(self) -> None:
+        if self.best_state is not None:
+            self.load_state_dict(self.best_state, strict=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        checkpoint["sweeplab"] = {
+            "val_history": self.val_history,
+            "best_state": self.best_state,
+            "train_tokens": self.train_tokens,
+            "train_seconds": self.train_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("sweeplab", {})
+        self.val_history = list(saved.get("val_history", []))
+        self.best_state = saved.get("best_state")
+        self.train_tokens = saved.get("train_tokens", 0)
+        self.train_seconds = saved.get("train_seconds", 0.0)
+
+    # --- optimizer ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.optim)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=warmup_steps(self.optim, self.max_steps),
+            num_training_steps=self.max_steps,
+            min_lr_rate=self.optim.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

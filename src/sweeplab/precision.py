@@ -1,0 +1,51 @@
+"""Pick device, Lightning precision and the 4-bit compute dtype, and say what was picked."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from sweeplab.config import TrainerConfig
+from sweeplab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+COMPUTE_DTYPES = {"32-true": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cpu" or "cuda:0"
+    accelerator: str  # Lightning's name: "cpu" or "gpu"
+    precision: str  # Lightning precision flag
+    compute_dtype: torch.dtype  # bitsandbytes 4-bit matmul dtype
+
+
+def resolve_placement(trainer: TrainerConfig) -> Placement:
+    cuda = torch.cuda.is_available()
+    if trainer.accelerator in ("gpu", "cuda") and not cuda:
+        raise ConfigError(f"trainer.accelerator={trainer.accelerator} but no CUDA device is visible; "
+                          "use trainer.accelerator=auto or cpu")
+    on_gpu = cuda and trainer.accelerator != "cpu"
+    precision = trainer.precision
+    if precision == "auto":
+        # fp16 mixed is the QLoRA default on GPUs; bf16 only when asked for (and supported).
+        precision = "16-mixed" if on_gpu else "32-true"
+    elif precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported():
+        log.warning("trainer.precision=bf16-mixed is not supported by this GPU; using 16-mixed")
+        precision = "16-mixed"
+    elif precision != "32-true" and not on_gpu:
+        # Lightning would turn 16-mixed into bf16 on CPU, which is up to 20x slower on some CPUs.
+        log.warning("trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true",
+                    precision)
+    placement = Placement(
+        device="cuda:0" if on_gpu else "cpu",
+        accelerator="gpu" if on_gpu else "cpu",
+        precision=precision,
+        compute_dtype=COMPUTE_DTYPES[precision] if on_gpu or precision != "16-mixed" else torch.bfloat16,
+    )
+    log.info("device %s, precision %s, 4-bit compute dtype %s (trainer.precision=%s)", placement.device,
+             placement.precision, str(placement.compute_dtype).removeprefix("torch."), trainer.precision)
+    return placement

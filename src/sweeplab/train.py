@@ -1,0 +1,214 @@
+"""One QLoRA run: validate -> build -> fit -> write outputs -> return the objective (best val/loss).
+
+    python -m sweeplab.train                                  # model=base lora=r16, W&B offline
+    python -m sweeplab.train model=base lora=r16 optim.lr=3e-4 trainer.max_steps=200
+    python -m sweeplab.train experiment=toolcall_quick
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.config import RunConfig, validate
+from sweeplab.errors import ConfigError, DataError, SweeplabError
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+log = logging.getLogger("sweeplab.train")
+
+
+def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str | None:
+    """'last': this run dir's last.ckpt, else the newest unfinished run's; or a .ckpt / run dir path."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        own = run_dir / "checkpoints" / "last.ckpt"
+        if own.exists():
+            return str(own)
+        candidates = [
+            p for p in (output_root / "runs").glob("*/checkpoints/last.ckpt")
+            if not (p.parents[1] / "metrics.json").exists()
+        ]
+        if not candidates:
+            raise ConfigError(f"ckpt_path=last: no unfinished run with checkpoints/last.ckpt under "
+                              f"{output_root / 'runs'}")
+        return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint at {path}; use 'last', a .ckpt file or a run dir")
+    return str(path)
+
+
+def preflight_data(rc: RunConfig) -> None:
+    """Read user data files before the base is built or loaded, so a bad line fails in seconds."""
+    from sweeplab.data.readers import read_jsonl, read_text
+
+    reader = {"jsonl": read_jsonl, "text": read_text}.get(rc.data.source)
+    if reader is None:
+        return
+    for path in (rc.data.path, rc.data.val_path):
+        if path:
+            reader(Path(path))
+
+
+def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.loggers import build_logger
+    from sweeplab.model import build_model, count_parameters, load_tokenizer, resolve_model_dir
+    from sweeplab.module import QLoRAModule
+    from sweeplab.outputs import save_adapter, write_json
+    from sweeplab.precision import resolve_placement
+
+    started = time.perf_counter()
+    ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
+    L.seed_everything(rc.seed, workers=True, verbose=False)
+    placement = resolve_placement(rc.trainer)
+
+    model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
+    tokenizer = load_tokenizer(model_dir, rc.model.trust_remote_code)
+    train_set, val_set, stats = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
+    model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device)
+    module = QLoRAModule(model, rc.optim, rc.trainer.max_steps)
+
+    collate = PadCollator(tokenizer.pad_token_id)
+    generator = torch.Generator().manual_seed(rc.data.seed)
+    train_loader = DataLoader(train_set, batch_size=rc.data.batch_size, shuffle=True, collate_fn=collate,
+                              generator=generator, num_workers=rc.data.num_workers)
+    val_loader = DataLoader(val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate,
+                            num_workers=rc.data.num_workers)
+
+    callbacks = []
+    es = rc.callbacks.early_stopping
+    if es.enabled:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=es.patience,
+                                       min_delta=es.min_delta, check_on_train_epoch_end=False))
+    ck = rc.callbacks.checkpoint
+    if ck.save_best or ck.save_last:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss",
+                                         mode="min", save_top_k=1 if ck.save_best else 0,
+                                         save_last=ck.save_last, auto_insert_metric_name=False,
+                                         enable_version_counter=False))
+    accumulate = rc.trainer.accumulate_grad_batches
+    trainer = L.Trainer(
+        accelerator=placement.accelerator,
+        devices=rc.trainer.devices,
+        precision=placement.precision,
+        max_steps=rc.trainer.max_steps,
+        max_epochs=-1,
+        val_check_interval=rc.trainer.val_every_n_steps * accumulate,  # counted in batches
+        check_val_every_n_epoch=None,
+        limit_val_batches=rc.trainer.limit_val_batches,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=rc.trainer.grad_clip,
+        logger=build_logger(rc.logger, run_dir, resolved),
+        callbacks=callbacks,
+        log_every_n_steps=rc.trainer.log_every_n_steps,
+        enable_progress_bar=rc.trainer.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+    )
+    if rc.trainer.val_at_start and ckpt is None:
+        trainer.validate(module, val_loader, verbose=False)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
+        trainer.validate(module, val_loader, verbose=False)  # every run ends with final val metrics
+
+    trained = [h for h in module.val_history if h["step"] > 0]
+    if not trained:
+        raise SweeplabError("no validation ran after training; raise trainer.max_steps")
+    best = min(trained, key=lambda h: h["val/loss"])
+    final = module.val_history[-1]
+    module.load_best()  # the adapter and the objective are the best validation's weights
+    save_adapter(module.model, tokenizer, run_dir / "adapter")
+    trainable, total = count_parameters(module.model)
+    base_val = [h for h in module.val_history if h["step"] == 0]
+    peak_mem_mb = (torch.cuda.max_memory_allocated() / 2**20 if placement.device != "cpu"
+                   else _peak_rss_mb())
+    metrics = {
+        "best_val_loss": best["val/loss"],
+        "best_step": best["step"],
+        "final_val_loss": final["val/loss"],
+        "final_val_ppl": final["val/ppl"],
+        "final_val_acc": final["val/acc"],
+        "base_val_loss": base_val[0]["val/loss"] if base_val else None,
+        "steps": trainer.global_step,
+        "stopped_early": trainer.global_step < rc.trainer.max_steps,
+        "tokens_per_s": module.tokens_per_s,
+        "train_tokens": module.train_tokens,
+        "peak_mem_mb": peak_mem_mb,
+        "trainable_params": trainable,
+        "total_params": total,
+        "lora_scaling": rc.lora.scaling,
+        "precision": placement.precision,
+        "device": placement.device,
+        "base_model": model_dir,
+        "wall_s": time.perf_counter() - started,
+        "data": stats.__dict__ if hasattr(stats, "__dict__") else dict(stats),
+        "val_history": module.val_history,
+    }
+    write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
+    log.info("best val/loss %.4f at step %d (base %s); outputs in %s", best["val/loss"], best["step"],
+             f"{metrics['base_val_loss']:.4f}" if base_val else "n/a", run_dir)
+    return float(best["val/loss"])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run(cfg: DictConfig) -> float:
+    from sweeplab.outputs import atomic_write_text
+
+    rc = validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if (run_dir / "metrics.json").exists():
+        raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
+    preflight_data(rc)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    return fit(rc, run_dir, resolved)
+
+
+def _holds_only_bookkeeping(run_dir: Path) -> bool:
+    """Hydra's .hydra/ and log, our config.yaml: safe to delete; checkpoints or metrics never are."""
+    return run_dir.is_dir() and all(
+        p.name in (".hydra", "config.yaml") or p.suffix == ".log" for p in run_dir.iterdir()
+    )
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    try:
+        return run(cfg)
+    except (ConfigError, DataError, SweeplabError) as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # the sweeper records the trial as failed, with this reason
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        if _holds_only_bookkeeping(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was produced: leave no run dir behind
+        print(f"sweeplab: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared fixtures: compose the real config, a hermetic cache, offline W&B and hub."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+# Set before any test (and any subprocess it starts) runs: nothing may wait on a network.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """The composed config exactly as `python -m sweeplab.train` sees it."""
+    with initialize_config_dir(config_dir=CONF):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache per test session: the tiny base is built once and shared by every test."""
+    cache = tmp_path_factory.mktemp("sweeplab-cache")
+    os.environ["SWEEPLAB_CACHE_DIR"] = str(cache)
+    return cache
+
+
+# Small enough for seconds on 2 cores, big enough that val loss moves.
+TINY = [
+    "model=tiny",
+    "logger=csv",
+    "data.n_train=96",
+    "data.n_val=24",
+    "data.max_seq_len=160",
+    "data.batch_size=8",
+    "trainer.max_steps=24",
+    "trainer.val_every_n_steps=8",
+    "trainer.enable_progress_bar=false",
+    "optim.lr=3e-3",
+]
+
+
+def run_train(*overrides: str, output_root: Path, env: dict | None = None, timeout: int = 600):
+    """Run the real entry point in a subprocess; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sweeplab.train", f"paths.output_root={output_root}", *overrides],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
