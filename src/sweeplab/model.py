@@ -12,6 +12,7 @@ from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from sweeplab.config import LoraConfig, ModelConfig
+from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,14 @@ def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> str:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # not a local dir, and the hub is unreachable or has no such repo
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r} is not a local model directory and could not be "
+            f"fetched from the hub ({type(exc).__name__}); point it at a local copy: "
+            f"model.name_or_path=/path/to/model"
+        ) from None
     if tokenizer.pad_token is None:  # Llama 3 ships none; padding is masked out of the loss anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -39,6 +39,16 @@ def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> tor
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int) -> Any:
+    """Linear warmup to lr, then cosine decay to min_lr_ratio * lr at max_steps."""
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=warmup_steps(optim, max_steps),
+        num_training_steps=max_steps,
+        min_lr_rate=optim.min_lr_ratio,
+    )
+
+
 class QLoRAModule(L.LightningModule):
     """Runs the model; keeps the val history and the best LoRA weights for the outputs."""
 
@@ -137,10 +147,5 @@ class QLoRAModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.optim)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer,
-            num_warmup_steps=warmup_steps(self.optim, self.max_steps),
-            num_training_steps=self.max_steps,
-            min_lr_rate=self.optim.min_lr_ratio,
-        )
+        scheduler = build_scheduler(optimizer, self.optim, self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -65,7 +65,7 @@ def preflight_data(rc: RunConfig) -> None:
 def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
@@ -93,7 +93,11 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
     val_loader = DataLoader(val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate,
                             num_workers=rc.data.num_workers)
 
-    callbacks = []
+    # Hydra's root handler already prints Lightning's messages; its own handler would double them.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    callbacks = [TQDMProgressBar()] if rc.trainer.enable_progress_bar else []
     es = rc.callbacks.early_stopping
     if es.enabled:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=es.patience,
@@ -122,6 +126,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
         enable_progress_bar=rc.trainer.enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        inference_mode=False,  # validate() before fit would leave metric states as inference tensors
         default_root_dir=str(run_dir),
     )
     if rc.trainer.val_at_start and ckpt is None:

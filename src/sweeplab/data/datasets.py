@@ -1,0 +1,200 @@
+"""Train/val examples for a DataConfig, tokenized once and cached for every later run and trial."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sweeplab.config import DataConfig
+from sweeplab.data.readers import read_jsonl, read_text
+from sweeplab.data.tokenize import IGNORE, chat_template, tokenize_chat, tokenize_text
+from sweeplab.data.toolcalls import train_val_chats
+from sweeplab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataStats:
+    n_train: int
+    n_val: int
+    truncated_train: int  # examples cut to max_seq_len (kept if a label token survived)
+    truncated_val: int
+    dropped: int  # examples with no label token left after truncation (train + val)
+    mean_len: float  # tokens per train example, after truncation
+    label_tokens: int  # train tokens that carry loss
+
+
+def build_datasets(cfg: DataConfig, tokenizer, cache_dir: Path) -> tuple[list[dict], list[dict], DataStats]:
+    """Each example is {"input_ids", "labels"} (same length, unshifted: the model shifts)."""
+    path = Path(cache_dir) / "tokenized" / f"{cache_key(cfg, tokenizer)}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, weights_only=True)
+            train, val = unpack(blob["train"]), unpack(blob["val"])
+            stats = DataStats(**blob["stats"])
+        except Exception as exc:  # a truncated or foreign file: rebuild rather than fail the run
+            log.warning("ignoring unreadable data cache %s (%s); rebuilding", path, exc)
+        else:
+            log_stats(cfg, stats, f"cached {path.name}")
+            return train, val, stats
+    train, val, stats = tokenize_split(cfg, tokenizer)
+    save_atomic({"train": pack(train), "val": pack(val), "stats": asdict(stats)}, path)
+    log_stats(cfg, stats, f"tokenized, cached as {path.name}")
+    return train, val, stats
+
+
+def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], DataStats]:
+    if cfg.source == "text":
+
+        def chunks(path: str) -> list[list[int]]:
+            return tokenize_text(tokenizer, read_text(path), cfg.max_seq_len)
+
+        train_chunks, val_chunks = split(cfg, chunks)
+        train = [{"input_ids": ids, "labels": list(ids)} for ids in train_chunks]
+        val = [{"input_ids": ids, "labels": list(ids)} for ids in val_chunks]
+        truncated_train = truncated_val = dropped = 0  # chunking cuts nothing away
+    else:
+        if cfg.source == "toolcalls":
+            train_chats, val_chats = train_val_chats(cfg.n_train, cfg.n_val, cfg.seed)
+        else:
+            train_chats, val_chats = split(cfg, read_jsonl)
+        train, truncated_train, dropped_train = encode_chats(train_chats, tokenizer, cfg.max_seq_len)
+        val, truncated_val, dropped_val = encode_chats(val_chats, tokenizer, cfg.max_seq_len)
+        dropped = dropped_train + dropped_val
+        for name, kept, chats in (("train", train, train_chats), ("val", val, val_chats)):
+            if not kept:
+                raise DataError(
+                    f"every {name} example lost all its assistant tokens to truncation at "
+                    f"data.max_seq_len={cfg.max_seq_len} ({len(chats)} chats); raise data.max_seq_len"
+                )
+    if not train or not val:
+        raise DataError(
+            f"data.source={cfg.source} gave {len(train)} train / {len(val)} val examples; need one of each"
+        )
+    stats = DataStats(
+        n_train=len(train),
+        n_val=len(val),
+        truncated_train=truncated_train,
+        truncated_val=truncated_val,
+        dropped=dropped,
+        mean_len=sum(len(ex["input_ids"]) for ex in train) / len(train),
+        label_tokens=sum(label != IGNORE for ex in train for label in ex["labels"]),
+    )
+    return train, val, stats
+
+
+def split(cfg: DataConfig, load) -> tuple[list, list]:
+    """val_path when given, else a seeded val_fraction of the items (chats or text chunks)."""
+    items = load(cfg.path)
+    if cfg.val_path:
+        return items, load(cfg.val_path)
+    if len(items) < 2:
+        raise DataError(
+            f"{cfg.path}: {len(items)} example(s) cannot be split into train and val; "
+            "add data or set data.val_path"
+        )
+    order = list(range(len(items)))
+    random.Random(cfg.seed).shuffle(order)
+    n_val = min(max(1, round(len(items) * cfg.val_fraction)), len(items) - 1)
+    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
+
+
+def encode_chats(chats: list[dict], tokenizer, max_seq_len: int) -> tuple[list[dict], int, int]:
+    examples, truncated, dropped = [], 0, 0
+    for chat in chats:
+        ids, labels, cut = tokenize_chat(tokenizer, chat["messages"], max_seq_len)
+        truncated += cut
+        # Position 0 is never predicted (the model shifts labels left), so it does not count.
+        if all(label == IGNORE for label in labels[1:]):
+            dropped += 1
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, truncated, dropped
+
+
+def log_stats(cfg: DataConfig, stats: DataStats, origin: str) -> None:
+    log.info(
+        "data %s: %d train / %d val examples; truncated to max_seq_len=%d: %d train, %d val; "
+        "dropped (no label left): %d; mean length %.1f tokens; %d train label tokens (%s)",
+        cfg.source,
+        stats.n_train,
+        stats.n_val,
+        cfg.max_seq_len,
+        stats.truncated_train,
+        stats.truncated_val,
+        stats.dropped,
+        stats.mean_len,
+        stats.label_tokens,
+        origin,
+    )
+
+
+def cache_key(cfg: DataConfig, tokenizer) -> str:
+    """Everything that changes the tokens: the fields used, input bytes, tokenizer, and this code."""
+    fields = {"source": cfg.source, "max_seq_len": cfg.max_seq_len, "seed": cfg.seed}
+    if cfg.source == "toolcalls":
+        fields |= {"n_train": cfg.n_train, "n_val": cfg.n_val}
+    else:
+        fields["files"] = [file_sha256(cfg.path), file_sha256(cfg.val_path) if cfg.val_path else None]
+        if not cfg.val_path:
+            fields["val_fraction"] = cfg.val_fraction
+    fields["tokenizer"] = tokenizer_sha256(tokenizer)
+    # The generator and tokenization code are part of the data: editing them must not reuse old tokens.
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py"))))
+    fields["code"] = code.hexdigest()
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    template = chat_template(tokenizer) if tokenizer.chat_template else ""
+    return hashlib.sha256(vocab.encode() + template.encode()).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (set data.path / data.val_path to an existing file)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Flat tensors: unpickling millions of Python ints took as long as tokenizing again."""
+    return {
+        "input_ids": torch.tensor([t for ex in examples for t in ex["input_ids"]], dtype=torch.long),
+        "labels": torch.tensor([t for ex in examples for t in ex["labels"]], dtype=torch.long),
+        "lengths": torch.tensor([len(ex["input_ids"]) for ex in examples], dtype=torch.long),
+    }
+
+
+def unpack(packed: dict[str, torch.Tensor]) -> list[dict]:
+    lengths = packed["lengths"].tolist()
+    ids = packed["input_ids"].split(lengths)
+    labels = packed["labels"].split(lengths)
+    return [{"input_ids": i.tolist(), "labels": lab.tolist()} for i, lab in zip(ids, labels, strict=True)]
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """Write then rename: concurrent trials never read a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem[:16], suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

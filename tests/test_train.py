@@ -1,0 +1,93 @@
+"""The real entry point, in a subprocess: outputs, learning, reload with plain peft, reproducibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY, run_train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    result = run_train(*TINY, "run_name=a", output_root=out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "runs" / "a"
+
+
+def test_run_leaves_the_promised_outputs(tiny_run: Path) -> None:
+    assert (tiny_run / "adapter" / "adapter_config.json").is_file()
+    assert (tiny_run / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["lora"]["r"] == 16 and "${" not in (tiny_run / "config.yaml").read_text()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("best_val_loss", "final_val_loss", "final_val_ppl", "final_val_acc", "steps", "tokens_per_s",
+                "peak_mem_mb", "trainable_params", "wall_s"):
+        assert isinstance(metrics[key], int | float), key
+    assert metrics["steps"] == 24 and metrics["tokens_per_s"] > 0 and metrics["trainable_params"] > 0
+    # validation at every 8 steps and at the end, plus the untouched base at step 0
+    assert [h["step"] for h in metrics["val_history"]] == [0, 8, 16, 24]
+    assert 0.0 <= metrics["final_val_acc"] <= 1.0
+
+
+def test_val_loss_fell(tiny_run: Path) -> None:
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["best_val_loss"] < metrics["base_val_loss"] - 0.1
+
+
+def test_csv_logger_has_the_metric_names(tiny_run: Path) -> None:
+    header = next((tiny_run / "csv").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "val/ppl", "val/acc", "lr", "tokens_per_s"} <= set(header)
+
+
+def test_adapter_reloads_with_plain_peft(tiny_run: Path) -> None:
+    """A plain transformers + peft client rebuilds the model from the adapter dir alone."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from sweeplab.config import DataConfig
+    from sweeplab.data import PadCollator, build_datasets
+
+    adapter = tiny_run / "adapter"
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base_path).is_absolute() and Path(base_path).is_dir()
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    _, val_set, _ = build_datasets(DataConfig(**config["data"]), tokenizer, Path(config["paths"]["cache_dir"]))
+    batch = PadCollator(tokenizer.pad_token_id)(val_set)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask], targets[mask]).item()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert loss == pytest.approx(metrics["best_val_loss"], abs=1e-4)
+
+
+def test_same_seed_same_losses(tiny_run: Path, tmp_path: Path) -> None:
+    result = run_train(*TINY, "run_name=b", output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((tiny_run / "metrics.json").read_text())["val_history"]
+    second = json.loads((tmp_path / "runs" / "b" / "metrics.json").read_text())["val_history"]
+    assert first == second
+
+
+def test_resume_from_last_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    """ckpt_path=<run dir> continues from its last.ckpt instead of starting over."""
+    result = run_train(*TINY, "run_name=c", "trainer.max_steps=32", f"ckpt_path={tiny_run}",
+                       output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
+    assert metrics["steps"] == 32
+    assert [h["step"] for h in metrics["val_history"]][-2:] == [24, 32]
