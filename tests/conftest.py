@@ -55,5 +55,9 @@ def run_train(*overrides: str, output_root: Path, env: dict | None = None, timeo
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "sweeplab.train", f"paths.output_root={output_root}", *overrides],
-        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

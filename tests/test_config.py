@@ -21,8 +21,9 @@ def choices(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "override", [f"{g}={c}" for g in GROUPS for c in choices(g)] + [
-        f"experiment={p.stem}" for p in (Path(CONF).parent / "experiments").glob("*.yaml")]
+    "override",
+    [f"{g}={c}" for g in GROUPS for c in choices(g)]
+    + [f"experiment={p.stem}" for p in (Path(CONF).parent / "experiments").glob("*.yaml")],
 )
 def test_every_group_choice_validates(override: str) -> None:
     cfg = make_cfg(override, *NEEDS.get(override, []))
@@ -35,7 +36,8 @@ def test_every_group_choice_validates(override: str) -> None:
 def test_required_presets_exist() -> None:
     assert {"r8", "r16", "r32", "r64"} <= set(choices("lora"))
     assert {"base", "tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b", "smollm2-360m"} <= set(
-        choices("model"))
+        choices("model")
+    )
     for rank in (8, 16, 32, 64):
         lora = validate(make_cfg(f"lora=r{rank}")).lora
         assert (lora.r, lora.alpha) == (rank, 2 * rank)
@@ -93,9 +95,11 @@ def test_config_validation_imports_nothing_heavy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import sweeplab.config, sweeplab.train; "
-            "heavy = [m for m in ('torch', 'transformers', 'bitsandbytes', 'lightning', 'peft') "
-            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys; import sweeplab.config, sweeplab.train; "
+        "heavy = [m for m in ('torch', 'transformers', 'bitsandbytes', 'lightning', 'peft') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -25,11 +25,16 @@ def tiny_model(tiny_dir: str, *overrides: str):
 
 def fixed_batch(tiny_dir: str) -> dict[str, torch.Tensor]:
     tokenizer = load_tokenizer(tiny_dir)
-    chats = [[{"role": "user", "content": f"Add node {i} at x={i}.5 m"},
-              {"role": "assistant", "content": f'{{"name": "POST /db/node", "arguments": {{"id": {i}}}}}'}]
-             for i in range(4)]
-    enc = tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, padding=True,
-                                        return_tensors="pt")
+    chats = [
+        [
+            {"role": "user", "content": f"Add node {i} at x={i}.5 m"},
+            {"role": "assistant", "content": f'{{"name": "POST /db/node", "arguments": {{"id": {i}}}}}'},
+        ]
+        for i in range(4)
+    ]
+    enc = tokenizer.apply_chat_template(
+        chats, tokenize=True, return_dict=True, padding=True, return_tensors="pt"
+    )
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
@@ -43,22 +48,29 @@ def test_base_linear_layers_are_nf4(tiny_dir: str) -> None:
     assert all(not m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, Linear4bit))
 
 
-@pytest.mark.parametrize(("targets", "expected"), [
-    ("qv", {"q_proj", "v_proj"}),
-    ("attention", {"q_proj", "k_proj", "v_proj", "o_proj"}),
-    ("mlp", {"gate_proj", "up_proj", "down_proj"}),
-    ("all-linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-])
+@pytest.mark.parametrize(
+    ("targets", "expected"),
+    [
+        ("qv", {"q_proj", "v_proj"}),
+        ("attention", {"q_proj", "k_proj", "v_proj", "o_proj"}),
+        ("mlp", {"gate_proj", "up_proj", "down_proj"}),
+        ("all-linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ],
+)
 def test_lora_targets(tiny_dir: str, targets: str, expected: set[str]) -> None:
     model = tiny_model(tiny_dir, f"lora.targets={targets}")
-    wrapped = {name.split(".lora_A")[0].split(".")[-1] for name, _ in model.named_parameters() if "lora_A" in name}
+    wrapped = {
+        name.split(".lora_A")[0].split(".")[-1] for name, _ in model.named_parameters() if "lora_A" in name
+    }
     assert wrapped == expected
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_layers_to_transform(tiny_dir: str) -> None:
     model = tiny_model(tiny_dir, "lora.layers_to_transform=[1]", "lora.targets=qv")
-    layers = {name.split("layers.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_A" in name}
+    layers = {
+        name.split("layers.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_A" in name
+    }
     assert layers == {"1"}
 
 

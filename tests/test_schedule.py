@@ -43,5 +43,7 @@ def test_weight_decay_only_on_matrices() -> None:
 def test_paged_adamw_8bit_is_bitsandbytes() -> None:
     import bitsandbytes as bnb
 
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(64, 64))], OptimConfig(name="paged_adamw_8bit"))
+    optimizer = build_optimizer(
+        [torch.nn.Parameter(torch.zeros(64, 64))], OptimConfig(name="paged_adamw_8bit")
+    )
     assert isinstance(optimizer, bnb.optim.PagedAdamW8bit)

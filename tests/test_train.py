@@ -27,8 +27,17 @@ def test_run_leaves_the_promised_outputs(tiny_run: Path) -> None:
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert config["lora"]["r"] == 16 and "${" not in (tiny_run / "config.yaml").read_text()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    for key in ("best_val_loss", "final_val_loss", "final_val_ppl", "final_val_acc", "steps", "tokens_per_s",
-                "peak_mem_mb", "trainable_params", "wall_s"):
+    for key in (
+        "best_val_loss",
+        "final_val_loss",
+        "final_val_ppl",
+        "final_val_acc",
+        "steps",
+        "tokens_per_s",
+        "peak_mem_mb",
+        "trainable_params",
+        "wall_s",
+    ):
         assert isinstance(metrics[key], int | float), key
     assert metrics["steps"] == 24 and metrics["tokens_per_s"] > 0 and metrics["trainable_params"] > 0
     # validation at every 8 steps and at the end, plus the untouched base at step 0
@@ -57,14 +66,20 @@ def test_adapter_reloads_with_plain_peft(tiny_run: Path) -> None:
     adapter = tiny_run / "adapter"
     base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert Path(base_path).is_absolute() and Path(base_path).is_dir()
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     base = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))
 
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    _, val_set, _ = build_datasets(DataConfig(**config["data"]), tokenizer, Path(config["paths"]["cache_dir"]))
+    _, val_set, _ = build_datasets(
+        DataConfig(**config["data"]), tokenizer, Path(config["paths"]["cache_dir"])
+    )
     batch = PadCollator(tokenizer.pad_token_id)(val_set)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -83,11 +98,34 @@ def test_same_seed_same_losses(tiny_run: Path, tmp_path: Path) -> None:
     assert first == second
 
 
-def test_resume_from_last_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
-    """ckpt_path=<run dir> continues from its last.ckpt instead of starting over."""
-    result = run_train(*TINY, "run_name=c", "trainer.max_steps=32", f"ckpt_path={tiny_run}",
-                       output_root=tmp_path)
+def test_resume_with_ckpt_path_last(tiny_run: Path, tmp_path: Path) -> None:
+    """ckpt_path=last finds the newest unfinished run and continues from its last.ckpt."""
+    import shutil
+
+    unfinished = tmp_path / "runs" / "interrupted" / "checkpoints"
+    shutil.copytree(tiny_run / "checkpoints", unfinished)  # a run dir with no metrics.json
+    result = run_train(*TINY, "run_name=c", "trainer.max_steps=32", "ckpt_path=last", output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
     assert metrics["steps"] == 32
-    assert [h["step"] for h in metrics["val_history"]][-2:] == [24, 32]
+    assert [h["step"] for h in metrics["val_history"]] == [0, 8, 16, 24, 32]  # history carried over
+
+
+def test_wandb_logs_offline_without_a_key(tmp_path: Path) -> None:
+    """No API key, no network: W&B must write an offline run, never wait on a login."""
+    overrides = [o for o in TINY if not o.startswith(("logger=", "trainer.max_steps", "trainer.val_every"))]
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "", "HOME": str(tmp_path)}  # no ~/.netrc either
+    result = run_train(
+        *overrides,
+        "logger=wandb",
+        "trainer.max_steps=4",
+        "trainer.val_every_n_steps=4",
+        "logger.group=g1",
+        "run_name=w",
+        output_root=tmp_path / "out",
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = list((tmp_path / "out" / "runs" / "w" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def build_tokenizer(corpus: str, vocab_size: int) -> PreTrainedTokenizerFast:
 
 def cache_key(recipe: EmbeddedRecipe) -> str:
     """Any change to the recipe or to the builder gives a new directory, never a stale base."""
-    digest = hashlib.sha256((recipe.model_dump_json() + BUILDER_VERSION).encode()).hexdigest()
+    # The corpus is the running Python's pydoc text, which changes between minor versions.
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    digest = hashlib.sha256((recipe.model_dump_json() + BUILDER_VERSION + python).encode()).hexdigest()
     return f"{recipe.name}-{digest[:12]}"
 
 

@@ -32,7 +32,7 @@ class Schema(BaseModel):
 class EmbeddedRecipe(Schema):
     """How the embedded base is built; every field is part of its cache key."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a cache directory name
     vocab_size: int = Field(ge=300)  # 256 byte tokens + specials + merges
     hidden_size: int = Field(gt=0)
     num_layers: int = Field(gt=0)
@@ -181,7 +181,7 @@ class PathsConfig(Schema):
 
 class RunConfig(Schema):
     seed: int = 42
-    run_name: str
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=,+-]*$")  # one directory under runs/
     ckpt_path: str | None = None  # "last", a .ckpt file, or a run dir
     model: ModelConfig
     lora: LoraConfig
@@ -202,9 +202,11 @@ def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{key} is required"
-    return f"{key}: {message} (got {err['input']!r})" if "input" in err and not isinstance(
-        err["input"], dict
-    ) else f"{key}: {message}"
+    return (
+        f"{key}: {message} (got {err['input']!r})"
+        if "input" in err and not isinstance(err["input"], dict)
+        else f"{key}: {message}"
+    )
 
 
 def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:

@@ -102,8 +102,14 @@ def build_model(
     model = load_quantized(name_or_path, cfg, compute_dtype, device)
     peft_model = wrap_lora(model, lora, cfg.gradient_checkpointing)
     trainable, total = count_parameters(peft_model)
-    log.info("LoRA r=%d alpha=%g on %s: %s trainable of %s parameters", lora.r, lora.alpha,
-             lora.targets, f"{trainable:,}", f"{total:,}")
+    log.info(
+        "LoRA r=%d alpha=%g on %s: %s trainable of %s parameters",
+        lora.r,
+        lora.alpha,
+        lora.targets,
+        f"{trainable:,}",
+        f"{total:,}",
+    )
     return peft_model
 
 

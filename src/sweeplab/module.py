@@ -70,8 +70,10 @@ class QLoRAModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
         if not torch.isfinite(loss):
-            raise DivergedError(f"training loss became {loss.item()} at step {self.global_step}; "
-                                "lower optim.lr or raise trainer.grad_clip")
+            raise DivergedError(
+                f"training loss became {loss.item()} at step {self.global_step}; "
+                "lower optim.lr or raise trainer.grad_clip"
+            )
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss

@@ -26,8 +26,10 @@ class Placement:
 def resolve_placement(trainer: TrainerConfig) -> Placement:
     cuda = torch.cuda.is_available()
     if trainer.accelerator in ("gpu", "cuda") and not cuda:
-        raise ConfigError(f"trainer.accelerator={trainer.accelerator} but no CUDA device is visible; "
-                          "use trainer.accelerator=auto or cpu")
+        raise ConfigError(
+            f"trainer.accelerator={trainer.accelerator} but no CUDA device is visible; "
+            "use trainer.accelerator=auto or cpu"
+        )
     on_gpu = cuda and trainer.accelerator != "cpu"
     precision = trainer.precision
     if precision == "auto":
@@ -38,14 +40,20 @@ def resolve_placement(trainer: TrainerConfig) -> Placement:
         precision = "16-mixed"
     elif precision != "32-true" and not on_gpu:
         # Lightning would turn 16-mixed into bf16 on CPU, which is up to 20x slower on some CPUs.
-        log.warning("trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true",
-                    precision)
+        log.warning(
+            "trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true", precision
+        )
     placement = Placement(
         device="cuda:0" if on_gpu else "cpu",
         accelerator="gpu" if on_gpu else "cpu",
         precision=precision,
         compute_dtype=COMPUTE_DTYPES[precision] if on_gpu or precision != "16-mixed" else torch.bfloat16,
     )
-    log.info("device %s, precision %s, 4-bit compute dtype %s (trainer.precision=%s)", placement.device,
-             placement.precision, str(placement.compute_dtype).removeprefix("torch."), trainer.precision)
+    log.info(
+        "device %s, precision %s, 4-bit compute dtype %s (trainer.precision=%s)",
+        placement.device,
+        placement.precision,
+        str(placement.compute_dtype).removeprefix("torch."),
+        trainer.precision,
+    )
     return placement

@@ -1,8 +1,8 @@
 """One QLoRA run: validate -> build -> fit -> write outputs -> return the objective (best val/loss).
 
-    python -m sweeplab.train                                  # model=base lora=r16, W&B offline
-    python -m sweeplab.train model=base lora=r16 optim.lr=3e-4 trainer.max_steps=200
-    python -m sweeplab.train experiment=toolcall_quick
+python -m sweeplab.train                                  # model=base lora=r16, W&B offline
+python -m sweeplab.train model=base lora=r16 optim.lr=3e-4 trainer.max_steps=200
+python -m sweeplab.train experiment=toolcall_quick
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str
         if own.exists():
             return str(own)
         candidates = [
-            p for p in (output_root / "runs").glob("*/checkpoints/last.ckpt")
+            p
+            for p in (output_root / "runs").glob("*/checkpoints/last.ckpt")
             if not (p.parents[1] / "metrics.json").exists()
         ]
         if not candidates:
-            raise ConfigError(f"ckpt_path=last: no unfinished run with checkpoints/last.ckpt under "
-                              f"{output_root / 'runs'}")
+            raise ConfigError(
+                f"ckpt_path=last: no unfinished run with checkpoints/last.ckpt under {output_root / 'runs'}"
+            )
         return str(max(candidates, key=lambda p: p.stat().st_mtime))
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
@@ -88,10 +90,17 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
 
     collate = PadCollator(tokenizer.pad_token_id)
     generator = torch.Generator().manual_seed(rc.data.seed)
-    train_loader = DataLoader(train_set, batch_size=rc.data.batch_size, shuffle=True, collate_fn=collate,
-                              generator=generator, num_workers=rc.data.num_workers)
-    val_loader = DataLoader(val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate,
-                            num_workers=rc.data.num_workers)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=rc.data.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=generator,
+        num_workers=rc.data.num_workers,
+    )
+    val_loader = DataLoader(
+        val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate, num_workers=rc.data.num_workers
+    )
 
     # Hydra's root handler already prints Lightning's messages; its own handler would double them.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -100,14 +109,29 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
     callbacks = [TQDMProgressBar()] if rc.trainer.enable_progress_bar else []
     es = rc.callbacks.early_stopping
     if es.enabled:
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=es.patience,
-                                       min_delta=es.min_delta, check_on_train_epoch_end=False))
+        callbacks.append(
+            EarlyStopping(
+                monitor="val/loss",
+                mode="min",
+                patience=es.patience,
+                min_delta=es.min_delta,
+                check_on_train_epoch_end=False,
+            )
+        )
     ck = rc.callbacks.checkpoint
     if ck.save_best or ck.save_last:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss",
-                                         mode="min", save_top_k=1 if ck.save_best else 0,
-                                         save_last=ck.save_last, auto_insert_metric_name=False,
-                                         enable_version_counter=False))
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor="val/loss",
+                mode="min",
+                save_top_k=1 if ck.save_best else 0,
+                save_last=ck.save_last,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
     accumulate = rc.trainer.accumulate_grad_batches
     trainer = L.Trainer(
         accelerator=placement.accelerator,
@@ -144,8 +168,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
     save_adapter(module.model, tokenizer, run_dir / "adapter")
     trainable, total = count_parameters(module.model)
     base_val = [h for h in module.val_history if h["step"] == 0]
-    peak_mem_mb = (torch.cuda.max_memory_allocated() / 2**20 if placement.device != "cpu"
-                   else _peak_rss_mb())
+    peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if placement.device != "cpu" else _peak_rss_mb()
     metrics = {
         "best_val_loss": best["val/loss"],
         "best_step": best["step"],
@@ -169,8 +192,13 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
         "val_history": module.val_history,
     }
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
-    log.info("best val/loss %.4f at step %d (base %s); outputs in %s", best["val/loss"], best["step"],
-             f"{metrics['base_val_loss']:.4f}" if base_val else "n/a", run_dir)
+    log.info(
+        "best val/loss %.4f at step %d (base %s); outputs in %s",
+        best["val/loss"],
+        best["step"],
+        f"{metrics['base_val_loss']:.4f}" if base_val else "n/a",
+        run_dir,
+    )
     return float(best["val/loss"])
 
 

@@ -1,0 +1,169 @@
+"""Tokens/s of a sweeplab training step against a bare torch + peft loop: same model, data, batch.
+
+    .venv/bin/python bench/bench_step.py --out BENCHMARKS.md      # what `make bench` runs
+
+Both sides run in this one process, alternating A/B then B/A each round, so machine noise hits both;
+the result is a ratio of medians, never an absolute figure to assert on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader
+
+from sweeplab.config import RunConfig, validate
+from sweeplab.data import PadCollator, build_datasets
+from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
+from sweeplab.module import QLoRAModule, build_optimizer, build_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench_step:start -->", "<!-- bench_step:end -->"
+
+
+class StepTimer(L.Callback):
+    """Times optimizer steps after the warmup ones, the same span the bare loop times."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.tokens, self.start, self.seconds = warmup, 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.tokens += int(batch["attention_mask"].sum())
+
+    def on_train_end(self, trainer, module) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def sweeplab_step(rc: RunConfig, model_dir: str, batches: list, warmup: int) -> float:
+    torch.manual_seed(rc.seed)
+    module = QLoRAModule(build_model(model_dir, rc.model, rc.lora, torch.float32), rc.optim, len(batches))
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=len(batches),
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=rc.trainer.grad_clip,
+        inference_mode=False,
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    return timer.tokens / timer.seconds
+
+
+def bare_step(rc: RunConfig, model_dir: str, batches: list, warmup: int) -> float:
+    torch.manual_seed(rc.seed)
+    model = build_model(model_dir, rc.model, rc.lora, torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, rc.optim)
+    scheduler = build_scheduler(optimizer, rc.optim, len(batches))
+    tokens, start = 0, 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        if i >= warmup:
+            tokens += int(batch["attention_mask"].sum())
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, rc.trainer.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="base", help="model config choice (base, tiny, ...)")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update")
+    args = parser.parse_args()
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        rc = validate(compose("train", overrides=[f"model={args.model}", "logger=none"]))
+    model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
+    tokenizer = load_tokenizer(model_dir)
+    train_set, _, _ = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
+    loader = DataLoader(
+        train_set,
+        batch_size=rc.data.batch_size,
+        shuffle=True,
+        collate_fn=PadCollator(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(0),
+    )
+    batches = [b for _, b in zip(range(args.warmup + args.steps), loader, strict=False)]
+
+    results: dict[str, list[float]] = {"sweeplab": [], "bare": []}
+    runners = {"sweeplab": sweeplab_step, "bare": bare_step}
+    for round_ in range(args.rounds):
+        order = ["sweeplab", "bare"] if round_ % 2 == 0 else ["bare", "sweeplab"]
+        for name in order:
+            results[name].append(runners[name](rc, model_dir, batches, args.warmup))
+            print(f"round {round_ + 1} {name:8s} {results[name][-1]:9.0f} tokens/s", flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratio = med["sweeplab"] / med["bare"]
+    print(
+        f"median sweeplab {med['sweeplab']:.0f}, bare {med['bare']:.0f}, ratio {ratio:.3f} (target >= 0.95)"
+    )
+    if args.out:
+        write_section(args, rc, results, med, ratio)
+
+
+def write_section(args, rc: RunConfig, results: dict, med: dict, ratio: float) -> None:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    rows = "\n".join(
+        f"| {name} | {' / '.join(f'{v:.0f}' for v in vals)} | {med[name]:.0f} |"
+        for name, vals in results.items()
+    )
+    section = f"""{START}
+## Training step: sweeplab vs a bare torch + peft loop
+
+`python bench/bench_step.py --model {args.model}`: the same 4-bit `{args.model}` base with LoRA r={rc.lora.r}
+({rc.lora.targets}), the same {args.warmup + args.steps} batches of {rc.data.batch_size} tool-call chats,
+AdamW + warmup/cosine + grad clip {rc.trainer.grad_clip}, fp32 on CPU; {args.warmup} untimed warmup steps;
+{args.rounds} rounds alternating the order. sweeplab = `QLoRAModule` under a Lightning `Trainer`;
+bare = a hand-written loop over the same model.
+
+| loop | tokens/s per round | median |
+|---|---|---|
+{rows}
+
+**Ratio sweeplab / bare: {ratio:.3f}** (target >= 0.95).
+Machine: {os.cpu_count()} cores, {cpu}; torch {torch.__version__}; measured {time.strftime("%Y-%m-%d")}.
+{END}"""
+    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n\nWritten by `make bench`.\n"
+    if START in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
