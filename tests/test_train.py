@@ -129,3 +129,48 @@ def test_wandb_logs_offline_without_a_key(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = list((tmp_path / "out" / "runs" / "w" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_early_stopping_counts_optimizer_steps(tmp_path: Path) -> None:
+    """min_delta no step can reach + patience 1: stops at the second validation; with accumulation 2
+    the validations still come every 8 optimizer steps."""
+    result = run_train(
+        *TINY,
+        "run_name=es",
+        "callbacks.early_stopping.min_delta=10",
+        "callbacks.early_stopping.patience=1",
+        "trainer.accumulate_grad_batches=2",
+        "data.batch_size=4",
+        output_root=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "es" / "metrics.json").read_text())
+    assert metrics["steps"] == 16 and metrics["stopped_early"] is True
+    assert [h["step"] for h in metrics["val_history"]] == [0, 8, 16]
+
+
+@pytest.mark.parametrize("source", ["jsonl", "text"])
+def test_user_data_trains(source: str, tmp_path: Path) -> None:
+    from sweeplab.data import generate_chats
+
+    if source == "jsonl":
+        path = tmp_path / "chats.jsonl"
+        path.write_text("".join(json.dumps(chat) + "\n" for chat in generate_chats(40, seed=7)))
+    else:
+        from sweeplab.base import corpus_text
+
+        path = tmp_path / "corpus.txt"
+        path.write_text(corpus_text(20_000))
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "data.n_"))]
+    result = run_train(
+        *overrides,
+        f"data={source}",
+        f"data.path={path}",
+        "data.val_fraction=0.2",
+        "trainer.max_steps=8",
+        "run_name=u",
+        output_root=tmp_path / "out",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "runs" / "u" / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["data"]["n_val"] >= 1

@@ -67,7 +67,6 @@ def preflight_data(rc: RunConfig) -> None:
 def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
@@ -76,6 +75,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
     from sweeplab.module import QLoRAModule
     from sweeplab.outputs import save_adapter, write_json
     from sweeplab.precision import resolve_placement
+    from sweeplab.trainer import build_trainer
 
     started = time.perf_counter()
     ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
@@ -102,57 +102,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
         val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate, num_workers=rc.data.num_workers
     )
 
-    # Hydra's root handler already prints Lightning's messages; its own handler would double them.
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
-        logging.getLogger(name).propagate = True
-    callbacks = [TQDMProgressBar()] if rc.trainer.enable_progress_bar else []
-    es = rc.callbacks.early_stopping
-    if es.enabled:
-        callbacks.append(
-            EarlyStopping(
-                monitor="val/loss",
-                mode="min",
-                patience=es.patience,
-                min_delta=es.min_delta,
-                check_on_train_epoch_end=False,
-            )
-        )
-    ck = rc.callbacks.checkpoint
-    if ck.save_best or ck.save_last:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="best",
-                monitor="val/loss",
-                mode="min",
-                save_top_k=1 if ck.save_best else 0,
-                save_last=ck.save_last,
-                auto_insert_metric_name=False,
-                enable_version_counter=False,
-            )
-        )
-    accumulate = rc.trainer.accumulate_grad_batches
-    trainer = L.Trainer(
-        accelerator=placement.accelerator,
-        devices=rc.trainer.devices,
-        precision=placement.precision,
-        max_steps=rc.trainer.max_steps,
-        max_epochs=-1,
-        val_check_interval=rc.trainer.val_every_n_steps * accumulate,  # counted in batches
-        check_val_every_n_epoch=None,
-        limit_val_batches=rc.trainer.limit_val_batches,
-        accumulate_grad_batches=accumulate,
-        gradient_clip_val=rc.trainer.grad_clip,
-        logger=build_logger(rc.logger, run_dir, resolved),
-        callbacks=callbacks,
-        log_every_n_steps=rc.trainer.log_every_n_steps,
-        enable_progress_bar=rc.trainer.enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        inference_mode=False,  # validate() before fit would leave metric states as inference tensors
-        default_root_dir=str(run_dir),
-    )
+    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir)
     if rc.trainer.val_at_start and ckpt is None:
         trainer.validate(module, val_loader, verbose=False)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)

@@ -1,0 +1,79 @@
+"""The Lightning Trainer and its callbacks, built from the trainer and callbacks config groups."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+
+from sweeplab.config import RunConfig
+from sweeplab.precision import Placement
+
+
+def build_callbacks(rc: RunConfig, run_dir: Path) -> list[Callback]:
+    callbacks: list[Callback] = [TQDMProgressBar()] if rc.trainer.enable_progress_bar else []
+    es = rc.callbacks.early_stopping
+    if es.enabled:
+        callbacks.append(
+            EarlyStopping(
+                monitor="val/loss",
+                mode="min",
+                patience=es.patience,
+                min_delta=es.min_delta,
+                check_on_train_epoch_end=False,  # judge on validations, not epoch ends
+            )
+        )
+    ck = rc.callbacks.checkpoint
+    if ck.save_best or ck.save_last:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor="val/loss",
+                mode="min",
+                save_top_k=1 if ck.save_best else 0,
+                save_last=ck.save_last,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
+    return callbacks
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    """Lightning 2.6 prints a product tip on every Trainer; it buries the lines that matter."""
+    return "Tip:" not in str(record.msg)
+
+
+def build_trainer(rc: RunConfig, placement: Placement, logger: Logger | bool, run_dir: Path) -> L.Trainer:
+    # Hydra's root handler already prints Lightning's messages; its own handlers would double them.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_an_advert not in rank_zero.filters:
+        rank_zero.addFilter(_not_an_advert)
+    accumulate = rc.trainer.accumulate_grad_batches
+    return L.Trainer(
+        accelerator=placement.accelerator,
+        devices=rc.trainer.devices,
+        precision=placement.precision,
+        max_steps=rc.trainer.max_steps,
+        max_epochs=-1,  # max_steps decides; small datasets simply take several epochs
+        val_check_interval=rc.trainer.val_every_n_steps * accumulate,  # Lightning counts batches
+        check_val_every_n_epoch=None,
+        limit_val_batches=rc.trainer.limit_val_batches,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=rc.trainer.grad_clip,
+        logger=logger,
+        callbacks=build_callbacks(rc, run_dir),
+        log_every_n_steps=rc.trainer.log_every_n_steps,
+        enable_progress_bar=rc.trainer.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        inference_mode=False,  # validate() before fit would leave metric states as inference tensors
+        default_root_dir=str(run_dir),
+    )
