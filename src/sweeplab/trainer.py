@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
@@ -13,8 +14,32 @@ from sweeplab.config import RunConfig
 from sweeplab.precision import Placement
 
 
+class StepProgressBar(TQDMProgressBar):
+    """One bar over optimizer steps up to max_steps: runs are sized in steps, not epochs."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        if self.train_progress_bar.total != trainer.max_steps:  # first epoch, or a resumed run
+            self.train_progress_bar.reset(total=trainer.max_steps)
+            self.train_progress_bar.initial = trainer.global_step
+            self.train_progress_bar.set_description("step")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        step = trainer.global_step
+        if self._should_update(step, trainer.max_steps):
+            self.train_progress_bar.n = step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))  # also refreshes
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version id says nothing about training
+        return metrics
+
+
 def build_callbacks(rc: RunConfig, run_dir: Path) -> list[Callback]:
-    callbacks: list[Callback] = [TQDMProgressBar()] if rc.trainer.enable_progress_bar else []
+    callbacks: list[Callback] = [StepProgressBar()] if rc.trainer.enable_progress_bar else []
     es = rc.callbacks.early_stopping
     if es.enabled:
         callbacks.append(
