@@ -174,3 +174,36 @@ def test_user_data_trains(source: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "runs" / "u" / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["data"]["n_val"] >= 1
+
+
+def test_export_merges_the_adapter(tiny_run: Path, tmp_path: Path) -> None:
+    """python -m sweeplab.export: the merged model equals base + unmerged adapter in fp32."""
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeplab.export", str(tiny_run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    base_path = json.loads((tiny_run / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ]
+    unmerged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path), str(tiny_run / "adapter")
+    )
+    merged = AutoModelForCausalLM.from_pretrained(str(out))
+    ids = torch.arange(1, 40).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, unmerged.eval()(ids).logits, atol=1e-5)
+    again = subprocess.run(
+        [sys.executable, "-m", "sweeplab.export", str(tiny_run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode != 0 and "exists" in again.stderr
