@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -64,7 +65,7 @@ def preflight_data(rc: RunConfig) -> None:
             reader(Path(path))
 
 
-def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
+def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> float:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -102,10 +103,22 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
         val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate, num_workers=rc.data.num_workers
     )
 
-    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir)
+    pruning = []
+    if trial is not None:
+        from sweeplab.pruning import PruningCallback
+
+        pruning = [PruningCallback(trial)]
+        trial.set_user_attr("run_dir", str(run_dir))
+    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, pruning)
     if rc.trainer.val_at_start and ckpt is None:
         trainer.validate(module, val_loader, verbose=False)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    if pruning and pruning[0].pruned_at is not None:
+        import optuna
+
+        trial.set_user_attr("steps", trainer.global_step)
+        trial.set_user_attr("wall_s", time.perf_counter() - started)
+        raise optuna.TrialPruned(f"pruned at step {pruning[0].pruned_at}")
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
         trainer.validate(module, val_loader, verbose=False)  # every run ends with final val metrics
 
@@ -142,6 +155,9 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict) -> float:
         "val_history": module.val_history,
     }
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
+    if trial is not None:
+        for key in ("steps", "best_step", "wall_s", "tokens_per_s", "base_val_loss"):
+            trial.set_user_attr(key, metrics[key])
     log.info(
         "best val/loss %.4f at step %d (base %s); outputs in %s",
         best["val/loss"],
@@ -168,7 +184,12 @@ def run(cfg: DictConfig) -> float:
     preflight_data(rc)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-    return fit(rc, run_dir, resolved)
+    trial = None
+    if os.environ.get("SWEEPLAB_TRIAL_ID"):  # only inside a sweeplab sweep: optuna stays unimported
+        from sweeplab.trial import trial_from_env
+
+        trial = trial_from_env(HydraConfig.get().sweeper)
+    return fit(rc, run_dir, resolved, trial)
 
 
 def _holds_only_bookkeeping(run_dir: Path) -> bool:

@@ -73,7 +73,9 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
     return "Tip:" not in str(record.msg)
 
 
-def build_trainer(rc: RunConfig, placement: Placement, logger: Logger | bool, run_dir: Path) -> L.Trainer:
+def build_trainer(
+    rc: RunConfig, placement: Placement, logger: Logger | bool, run_dir: Path, extra: list[Callback] = ()
+) -> L.Trainer:
     # Hydra's root handler already prints Lightning's messages; its own handlers would double them.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
@@ -94,7 +96,7 @@ def build_trainer(rc: RunConfig, placement: Placement, logger: Logger | bool, ru
         accumulate_grad_batches=accumulate,
         gradient_clip_val=rc.trainer.grad_clip,
         logger=logger,
-        callbacks=build_callbacks(rc, run_dir),
+        callbacks=[*build_callbacks(rc, run_dir), *extra],
         log_every_n_steps=rc.trainer.log_every_n_steps,
         enable_progress_bar=rc.trainer.enable_progress_bar,
         enable_model_summary=False,

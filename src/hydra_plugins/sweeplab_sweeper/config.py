@@ -1,0 +1,31 @@
+"""`hydra/sweeper=sweeplab`: the upstream Optuna sweeper's keys plus the ones its limits needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+
+@dataclass
+class SweeplabSweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.sweeplab_sweeper.sweeper.SweeplabSweeper"
+    # none | median | successive_halving | hyperband; the job reports val/loss at every validation.
+    pruner: str = "median"
+    pruner_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Known recipes run as the first trials of a new study: [{recipe: name, params: {key: value}}].
+    enqueue: list[Any] = field(default_factory=list)
+    # Worker processes on one storage; each takes the next trial as soon as its own ends.
+    n_jobs: int = 1
+    # FAIL trials do not count toward n_trials; past this many the sweep stops (default: n_trials).
+    max_failures: int | None = None
+    # A worker that dies mid-trial stops beating; its trial turns FAIL and its params run again.
+    heartbeat_interval: int = 30
+    grace_period: int | None = None
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="sweeplab", node=SweeplabSweeperConf, provider="sweeplab"
+)

@@ -1,0 +1,57 @@
+"""Storage with heartbeats, and one lock per study around the steps that must not interleave.
+
+Without the lock, workers starting together race on creating the schema ("table studies already
+exists") and on counting + asking (n_trials=9 gave 10 trials with 8 workers in a prototype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+
+
+def absolute_url(url: str) -> str:
+    """sqlite:///relative.db resolved against the cwd, so jobs and workers open the same file."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path = Path(url[len(prefix) :]).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path)
+
+
+def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+
+@contextlib.contextmanager
+def study_lock(url: str, study_name: str, lock_dir: Path) -> Iterator[None]:
+    """flock beside an SQLite file; a PostgreSQL advisory lock; else a local lock file."""
+    if url.startswith("postgresql"):
+        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        engine.dispose()
+        return
+    if url.startswith("sqlite:///"):
+        lock_path = Path(url[len("sqlite:///") :] + ".lock")
+    else:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = lock_dir / f".{hashlib.sha256((url + study_name).encode()).hexdigest()[:16]}.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,226 @@
+"""The sweep loop, one trial at a time per worker: ask under a lock, launch, tell, until the study is full.
+
+Extends the upstream OptunaSweeperImpl (its search-space parsing, trial configuration and
+directions are reused); only `sweep()` is replaced, because upstream's is one block with no hooks.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from sweeplab.trial import PRUNERS, TRIAL_ENV
+
+log = logging.getLogger(__name__)
+# Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning)
+
+WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"
+SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+
+
+class SweeplabSweeperImpl(OptunaSweeperImpl):
+    def __init__(self, sampler_cfg: DictConfig, extra: dict[str, Any], **upstream: Any) -> None:
+        super().__init__(sampler=None, **upstream)
+        self.sampler_cfg = sampler_cfg
+        self.pruner = extra["pruner"]
+        self.enqueue = extra["enqueue"]
+        self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
+        self.heartbeat_interval = extra["heartbeat_interval"]
+        self.grace_period = extra["grace_period"]
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
+
+    def sampler_for(self, n: int) -> optuna.samplers.BaseSampler:
+        """Seed + trial number: a fixed seed would make workers and resumed studies repeat params."""
+        seed = self.sampler_cfg.get("seed")
+        kwargs = {"seed": seed + n} if seed is not None else {}
+        return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=SAMPLER_WHITELIST)
+
+    def sweep(self, arguments: list[str]) -> None:
+        self._process_searchspace_config()
+        distributions, fixed, fixed_overrides = create_params_from_overrides(
+            self._parse_sweeper_params_config() + list(arguments)
+        )
+        for name in fixed:
+            distributions.pop(name, None)
+        sweep_dir = Path(self.sweep_dir)
+        url = absolute_url(str(self.storage or f"sqlite:///{sweep_dir.parent / 'optuna.db'}"))
+        lock = lambda: study_lock(url, self.study_name, sweep_dir)  # noqa: E731
+        with lock():
+            storage = open_storage(url, self.heartbeat_interval, self.grace_period)
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=storage,
+                sampler=self.sampler_for(0),
+                directions=self._get_directions(),
+                load_if_exists=True,
+            )
+            if not study.user_attrs.get("enqueued"):
+                for recipe in self.enqueue:
+                    study.enqueue_trial(dict(recipe["params"]), user_attrs={"recipe": recipe["recipe"]})
+                study.set_user_attr("enqueued", True)
+                study.set_user_attr("command", base_command())
+        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        log.info("study %s in %s: %d of %d trials done", study.study_name, url, len(finished), self.n_trials)
+        workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
+        try:
+            self.work(study, storage, lock, distributions, fixed, fixed_overrides)
+        finally:
+            for worker in workers:
+                worker.wait()
+        if not os.environ.get(WORKER_ENV):
+            summarize(study, sweep_dir)
+
+    def spawn_workers(self, sweep_dir: Path) -> list[subprocess.Popen]:
+        """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        workers = []
+        for k in range(1, self.n_jobs):
+            with open(sweep_dir / f"worker-{k}.log", "a") as out:
+                env = {**os.environ, WORKER_ENV: str(k)}
+                workers.append(subprocess.Popen(sys.orig_argv, env=env, stdout=out, stderr=subprocess.STDOUT))
+            log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
+        return workers
+
+    def work(self, study, storage, lock, distributions, fixed, fixed_overrides) -> None:
+        while True:
+            with lock():
+                optuna.storages.fail_stale_trials(study)
+                states = collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+                if states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING] >= (
+                    self.n_trials
+                ):
+                    return
+                if states[TrialState.FAIL] >= self.max_failures:
+                    log.error(
+                        "%d trials failed (hydra.sweeper.max_failures=%d): stopping the sweep",
+                        states[TrialState.FAIL],
+                        self.max_failures,
+                    )
+                    return
+                study.sampler = self.sampler_for(len(study.trials))
+                trial = study.ask()
+                [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
+            self.run_trial(study, storage, trial, list(overrides))
+
+    def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
+        recipe = trial.user_attrs.get("recipe")
+        params = " ".join(f"{k}={v}" for k, v in trial.params.items())
+        log.info("trial %d%s: %s", trial.number, f" ({recipe})" if recipe else "", params)
+        overrides += [
+            f"+hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}",
+            f"logger.group={study.study_name}",
+            f"logger.name=trial-{trial.number}",
+        ]
+        beating = threading.Event()
+        heart = threading.Thread(
+            target=beat, args=(storage, trial._trial_id, self.heartbeat_interval, beating), daemon=True
+        )
+        heart.start()
+        try:
+            [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+        finally:
+            beating.set()
+            heart.join()
+        state, value, reason = outcome(ret)
+        if reason:
+            trial.set_user_attr("fail_reason", reason)
+            log.warning("trial %d failed: %s", trial.number, reason)
+        study.tell(trial, state=state, values=None if value is None else [value])
+        log.info(
+            "trial %d %s%s", trial.number, state.name, f" val/loss {value:.4f}" if value is not None else ""
+        )
+
+
+def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
+    """Optuna beats only inside study.optimize(); ask/tell sweeps must do it themselves."""
+    while True:
+        storage.record_heartbeat(trial_id)
+        if stop.wait(interval):
+            return
+
+
+def outcome(ret: Any) -> tuple[TrialState, float | None, str | None]:
+    try:
+        value = float(ret.return_value)  # re-raises the job's exception
+    except optuna.TrialPruned:
+        return TrialState.PRUNED, None, None
+    except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
+        text = f"{type(exc).__name__}: {exc}"
+        if "TrialPruned" in text:  # launchers that cannot pickle it send a RuntimeError naming it
+            return TrialState.PRUNED, None, None
+        return TrialState.FAIL, None, text[:2000]
+    if not math.isfinite(value):
+        return TrialState.FAIL, None, f"objective is {value}"
+    return TrialState.COMPLETE, value, None
+
+
+def base_command() -> str:
+    """The sweep command without the sweep, as the start of the best trial's command."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("--multirun", "-m", "hparams_search=", "hydra."))]
+    return " ".join(["python -m sweeplab.train", *args])
+
+
+def summarize(study: optuna.Study, sweep_dir: Path) -> None:
+    states = collections.Counter(t.state.name for t in study.trials)
+    log.info("study %s: %s", study.study_name, dict(states))
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not done:
+        log.error(
+            "no trial completed; see the trials' fail_reason (python -m sweeplab.report %s)", study.study_name
+        )
+        return
+    best = study.best_trial
+    log.info("best trial %d: val/loss %.4f with %s", best.number, best.value, best.params)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "name": "optuna",
+        "best_params": best.params,
+        "best_value": best.value,
+        "best_trial": best.number,
+    }
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+class SweeplabSweeper(Sweeper):
+    """Built by Hydra from hydra.sweeper; upstream OptunaSweeper builds its own impl, so we need ours."""
+
+    def __init__(self, sampler: DictConfig, **kwargs: Any) -> None:
+        extra = {
+            k: kwargs.pop(k)
+            for k in (
+                "pruner",
+                "pruner_kwargs",
+                "enqueue",
+                "max_failures",
+                "heartbeat_interval",
+                "grace_period",
+            )
+        }
+        self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        return self.impl.sweep(arguments)
