@@ -72,7 +72,7 @@ class QLoRAModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"training loss became {loss.item()} at step {self.global_step}; "
-                "lower optim.lr or raise trainer.grad_clip"
+                "lower optim.lr or clip gradients (trainer.grad_clip=1.0)"
             )
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)

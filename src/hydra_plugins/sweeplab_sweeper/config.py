@@ -19,7 +19,7 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     enqueue: list[Any] = field(default_factory=list)
     # Worker processes on one storage; each takes the next trial as soon as its own ends.
     n_jobs: int = 1
-    # FAIL trials do not count toward n_trials; past this many the sweep stops (default: n_trials).
+    # FAIL trials do not count toward n_trials; beyond this many the sweep stops (default: n_trials).
     max_failures: int | None = None
     # A worker that dies mid-trial stops beating; its trial turns FAIL and its params run again.
     heartbeat_interval: int = 30

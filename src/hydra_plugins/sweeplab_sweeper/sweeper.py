@@ -84,12 +84,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         log.info("study %s in %s: %d of %d trials done", study.study_name, url, len(finished), self.n_trials)
         workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
         try:
-            self.work(study, storage, lock, distributions, fixed, fixed_overrides)
+            complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         finally:
             for worker in workers:
                 worker.wait()
         if not os.environ.get(WORKER_ENV):
             summarize(study, sweep_dir)
+        if not complete:
+            sys.exit(1)  # too many failures: the log above says which and why
 
     def spawn_workers(self, sweep_dir: Path) -> list[subprocess.Popen]:
         """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
@@ -102,7 +104,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
         return workers
 
-    def work(self, study, storage, lock, distributions, fixed, fixed_overrides) -> None:
+    def work(self, study, storage, lock, distributions, fixed, fixed_overrides) -> bool:
+        """Run trials until the study holds n_trials finished ones (True) or too many failed (False)."""
         while True:
             with lock():
                 optuna.storages.fail_stale_trials(study)
@@ -110,14 +113,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 if states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING] >= (
                     self.n_trials
                 ):
-                    return
-                if states[TrialState.FAIL] >= self.max_failures:
+                    return True
+                if states[TrialState.FAIL] > self.max_failures:
                     log.error(
                         "%d trials failed (hydra.sweeper.max_failures=%d): stopping the sweep",
                         states[TrialState.FAIL],
                         self.max_failures,
                     )
-                    return
+                    return False
                 study.sampler = self.sampler_for(len(study.trials))
                 trial = study.ask()
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)

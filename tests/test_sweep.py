@@ -1,0 +1,123 @@
+"""Real sweeps through the real entry point: SQLite storage, enqueued recipes, resume, pruning, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT
+
+SMALL = [
+    "model=tiny",
+    "logger=csv",
+    "data.n_train=64",
+    "data.n_val=16",
+    "data.max_seq_len=160",
+    "trainer.max_steps=12",
+    "trainer.val_every_n_steps=4",
+    "trainer.enable_progress_bar=false",
+]
+TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
+
+
+def sweep(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeplab.train",
+            "--multirun",
+            *SMALL,
+            f"paths.output_root={out}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def load(out: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'sweeps' / 'optuna.db'}")
+
+
+QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra.sweeper.pruner=none"]
+
+
+@pytest.fixture(scope="module")
+def five_trials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    result = sweep(out, *QLORA, "hydra.sweeper.n_trials=5")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_sweep_stores_every_trial(five_trials: Path) -> None:
+    trials = load(five_trials, "s").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    # the two hand-set recipes run first, with exactly their parameters
+    assert trials[0].user_attrs["recipe"] == "qlora-toolcall"
+    assert {k: trials[0].params[k] for k in ("lora.r", "lora.alpha", "optim.lr", "optim.weight_decay")} == {
+        "lora.r": 8,
+        "lora.alpha": 16,
+        "optim.lr": 2e-4,
+        "optim.weight_decay": 0.01,
+    }
+    assert trials[1].user_attrs["recipe"] == "guanaco" and trials[1].params["lora.r"] == 64
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
+    for t in trials:  # the stored value is the job's own best val/loss, reported at every validation
+        metrics = json.loads((five_trials / "sweeps" / "s" / str(t.number) / "metrics.json").read_text())
+        assert t.value == pytest.approx(metrics["best_val_loss"])
+        assert sorted(t.intermediate_values) == [4, 8, 12]
+        assert t.user_attrs["steps"] == 12
+
+
+def test_rerun_resumes_to_the_total(five_trials: Path) -> None:
+    before = {t.number: t.datetime_complete for t in load(five_trials, "s").trials}
+    again = sweep(five_trials, *QLORA, "hydra.sweeper.n_trials=5")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {t.number: t.datetime_complete for t in load(five_trials, "s").trials} == before  # nothing reran
+    more = sweep(five_trials, *QLORA, "hydra.sweeper.n_trials=6")
+    assert more.returncode == 0, more.stderr[-3000:]
+    trials = load(five_trials, "s").trials
+    assert len(trials) == 6 and {t.number: t.datetime_complete for t in trials[:5]} == before
+    # a fixed sampler seed must not make the resumed study propose a finished trial's params again
+    assert tuple(sorted(trials[5].params.items())) not in {
+        tuple(sorted(t.params.items())) for t in trials[:5]
+    }
+
+
+def test_hopeless_lr_corner_is_pruned(tmp_path: Path) -> None:
+    result = sweep(tmp_path, TEST_CONF, "hparams_search=hopeless_corner")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "hopeless").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    for t in trials[1:]:
+        assert max(t.intermediate_values) < 12  # stopped before max_steps
+        assert t.value == t.intermediate_values[max(t.intermediate_values)]  # stored with its last value
+
+
+def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    result = sweep(tmp_path, TEST_CONF, "hparams_search=diverging")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "diverging").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "nan" in trials[0].user_attrs["fail_reason"]
+
+
+def test_two_workers_share_one_study(tmp_path: Path) -> None:
+    result = sweep(tmp_path, *QLORA, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "s").trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert (tmp_path / "sweeps" / "s" / "worker-1.log").is_file()
+    assert len({t.number for t in trials}) == 4 and len({t.params["optim.lr"] for t in trials[2:]}) == 2
