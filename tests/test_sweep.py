@@ -121,3 +121,19 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     assert (tmp_path / "sweeps" / "s" / "worker-1.log").is_file()
     assert len({t.number for t in trials}) == 4 and len({t.params["optim.lr"] for t in trials[2:]}) == 2
+
+
+def test_each_trial_is_its_own_wandb_run(tmp_path: Path) -> None:
+    """Trials share one process; each must still get its own W&B run, plus one summary run."""
+    overrides = [o for o in SMALL if not o.startswith(("logger=", "trainer.max_steps"))]
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeplab.train", "--multirun", *overrides, *QLORA, "logger=wandb",
+         "trainer.max_steps=4", "hydra.sweeper.n_trials=2", f"paths.output_root={tmp_path}"],
+        cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for number in (0, 1):
+        [run] = (tmp_path / "sweeps" / "s" / str(number) / "wandb").glob("offline-run-*")
+        [record] = run.glob("*.wandb")  # W&B's own binary log: named after its trial, not the first one
+        assert f"trial-{number}".encode() in record.read_bytes()
+    assert len(list((tmp_path / "sweeps" / "s" / "wandb").glob("offline-run-*"))) == 1  # the summary

@@ -189,7 +189,23 @@ def run(cfg: DictConfig) -> float:
         from sweeplab.trial import trial_from_env
 
         trial = trial_from_env(HydraConfig.get().sweeper)
-    return fit(rc, run_dir, resolved, trial)
+    failed = True
+    try:
+        objective = fit(rc, run_dir, resolved, trial)
+        failed = False
+        return objective
+    finally:
+        finish_wandb_run(failed)
+
+
+def finish_wandb_run(failed: bool) -> None:
+    """Lightning's WandbLogger leaves its run open: the next trial in this process would log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        try:
+            wandb.finish(exit_code=1 if failed else 0)
+        except Exception as exc:  # noqa: BLE001 - a logging hiccup must not fail a finished run
+            log.warning("could not close the W&B run: %s", exc)
 
 
 def _holds_only_bookkeeping(run_dir: Path) -> bool:

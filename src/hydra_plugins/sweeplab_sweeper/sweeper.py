@@ -90,8 +90,20 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 worker.wait()
         if not os.environ.get(WORKER_ENV):
             summarize(study, sweep_dir)
+            self.log_to_wandb(study, sweep_dir)
         if not complete:
             sys.exit(1)  # too many failures: the log above says which and why
+
+    def log_to_wandb(self, study: optuna.Study, sweep_dir: Path) -> None:
+        logger = self.config.get("logger")
+        if logger is None or logger.get("backend") != "wandb":
+            return
+        from sweeplab.wandb_summary import log_sweep_summary
+
+        try:
+            log_sweep_summary(study, logger.project, sweep_dir, logger.get("mode", "auto"))
+        except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not fail a finished sweep
+            log.warning("could not log the W&B sweep summary: %s", exc)
 
     def spawn_workers(self, sweep_dir: Path) -> list[subprocess.Popen]:
         """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""

@@ -1,0 +1,207 @@
+"""The trial table (CSV + Markdown), its header, the recipe comparison and the best trial's command."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import io
+import math
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+FIXED_COLUMNS = ("number", "state", "value", "steps", "duration_s")
+TAIL_COLUMNS = ("recipe", "fail_reason")
+DEFAULT_COMMAND = "python -m sweeplab.train"
+STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+@contextlib.contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """Yield a temp name beside `path`; os.replace it over `path` only if the block succeeds."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def metric_name(study: optuna.Study) -> str:
+    names = study.metric_names
+    return names[0] if names else "val/loss"
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """None while no trial is COMPLETE (Optuna raises instead)."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def param_keys(trials: list[FrozenTrial]) -> list[str]:
+    """In the order the sweeper suggests them (first appearance), so columns read like the config."""
+    keys: dict[str, None] = {}
+    for trial in trials:
+        keys.update(dict.fromkeys(trial.params))
+    return list(keys)
+
+
+def duration_s(trial: FrozenTrial) -> float | None:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return None
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
+    """One dict per trial; steps fall back to the last reported step (pruned trials often lack it)."""
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "steps": t.user_attrs.get("steps", t.last_step),
+                "duration_s": duration_s(t),
+                **{key: t.params.get(key) for key in keys},
+                "recipe": t.user_attrs.get("recipe"),
+                "fail_reason": t.user_attrs.get("fail_reason"),
+            }
+        )
+    return out
+
+
+def to_csv(table: list[dict[str, Any]], keys: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*FIXED_COLUMNS, *keys, *TAIL_COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def shell_value(value: Any) -> str:
+    """A Hydra override value that survives a shell paste: floats as repr, strings quoted if needed."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return shlex.quote(str(value))
+
+
+def best_command(study: optuna.Study, best: FrozenTrial) -> str:
+    base = study.user_attrs.get("command") or DEFAULT_COMMAND
+    return " ".join([base, *(f"{key}={shell_value(value)}" for key, value in best.params.items())])
+
+
+def state_counts(trials: list[FrozenTrial]) -> str:
+    counts = collections.Counter(t.state.name for t in trials)
+    order = sorted(counts, key=lambda s: STATE_ORDER.index(s) if s in STATE_ORDER else len(STATE_ORDER))
+    return ", ".join(f"{state} {counts[state]}" for state in order) or "none"
+
+
+def recipe_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial | None) -> list[str]:
+    """How far the search got past each known-good recipe it ran first."""
+    import optuna
+
+    metric = metric_name(study)
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    lines = []
+    for t in sorted(trials, key=lambda t: t.number):
+        recipe = t.user_attrs.get("recipe")
+        if not recipe:
+            continue
+        label = f"{recipe} (trial {t.number})"
+        if t.value is None or not math.isfinite(t.value):
+            lines.append(f"{label} ended {t.state.name} with no {metric} to compare")
+        elif best is None:
+            lines.append(f"{label} ended {t.state.name} at {metric} {t.value:.4f}; no trial is complete yet")
+        elif t.number == best.number:
+            lines.append(f"the best trial is the {label} recipe: no searched trial beat it yet")
+        else:
+            diff = sign * (t.value - best.value)
+            pct = 100.0 * diff / abs(t.value) if t.value else float("nan")
+            note = f", pruned at step {t.last_step}" if t.state.name == "PRUNED" else ""
+            lines.append(
+                f"best beats {recipe} by {diff:.4f} ({pct:.1f}%) in {metric}: "
+                f"{t.value:.4f}{note} (trial {t.number}) -> {best.value:.4f} (trial {best.number})"
+            )
+    return lines
+
+
+def header(study: optuna.Study, url: str, trials: list[FrozenTrial], best: FrozenTrial | None) -> list[str]:
+    from sweeplab.report.storage import mask
+
+    metric = metric_name(study)
+    lines = [
+        f"- storage: `{mask(url)}`",
+        f"- objective: {study.direction.name.lower()} {metric}",
+        f"- trials: {len(trials)} ({state_counts(trials)})",
+    ]
+    if best is None:
+        lines.append("- best: none yet (no trial is COMPLETE)")
+    else:
+        recipe = best.user_attrs.get("recipe")
+        lines.append(
+            f"- best: trial {best.number}{f' ({recipe})' if recipe else ''}, {metric} {best.value:.4f}"
+        )
+    lines += [f"- {line}" for line in recipe_lines(study, trials, best)]
+    return lines
+
+
+def md_cell(value: Any, limit: int = 100) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def to_markdown(table: list[dict[str, Any]], keys: list[str], best: FrozenTrial | None) -> str:
+    cols = [*FIXED_COLUMNS, *keys, *TAIL_COLUMNS]
+    align = ["---:" if c in ("number", "value", "steps", "duration_s") else "---" for c in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+    for row in table:
+        cells = [md_cell(row[c]) for c in cols]
+        cells[2] = "" if row["value"] is None else f"{row['value']:.4f}"
+        cells[4] = "" if row["duration_s"] is None else f"{row['duration_s']:.1f}"
+        if best is not None and row["number"] == best.number:
+            cells[0], cells[2] = f"**{row['number']}** (best)", f"**{cells[2]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def trials_md(study: optuna.Study, url: str, trials: list[FrozenTrial], best: FrozenTrial | None) -> str:
+    keys = param_keys(trials)
+    note = (
+        "value: the trial's best val/loss (a pruned trial: its last reported one); steps: optimizer "
+        "steps trained (else the last reported step); duration in seconds."
+    )
+    return "\n".join(
+        [
+            f"# Trials of study {study.study_name}",
+            "",
+            *header(study, url, trials, best),
+            "",
+            to_markdown(rows(trials, keys), keys, best),
+            note,
+            "",
+        ]
+    )
