@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install train test test-fast lint format bench clean
+.PHONY: help install train sweep report dashboard test test-fast lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -20,6 +20,17 @@ install: .venv/.installed  ## venv with the exact pins of constraints.txt (idemp
 
 train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="optim.lr=3e-4"
 	$(PY) -m sweeplab.train $(ARGS)
+
+sweep: install  ## Optuna sweep (hparams_search=qlora); re-run to resume; ARGS="hydra.sweeper.n_trials=20"
+	$(PY) -m sweeplab.train --multirun hparams_search=qlora $(ARGS)
+
+STUDY   ?=
+report: install  ## tables + plots + best command of a sweep: make report STUDY=qlora-base-toolcalls
+	$(PY) -m sweeplab.report $(STUDY)
+
+STORAGE ?= sqlite:///outputs/sweeps/optuna.db
+dashboard: install  ## optuna-dashboard on the sweep storage (http://127.0.0.1:8080)
+	.venv/bin/optuna-dashboard $(STORAGE)
 
 test: install  ## install from nothing, then every CPU test (slow ones too): what CI runs
 	$(PY) -m pytest -m "not gpu"

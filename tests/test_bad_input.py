@@ -28,6 +28,7 @@ CASES = {
         "bad.jsonl:3",
     ),
     "resume with nothing to resume": (lambda d: ["ckpt_path=last"], "ckpt_path"),
+    "sweep config without --multirun": (lambda d: ["hparams_search=qlora"], "--multirun"),
 }
 
 

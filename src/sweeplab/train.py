@@ -178,7 +178,10 @@ def run(cfg: DictConfig) -> float:
     from sweeplab.outputs import atomic_write_text
 
     rc = validate(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.RUN and hydra_cfg.runtime.choices.get("hparams_search"):
+        raise ConfigError("hparams_search is set, but this is a single run: add --multirun to sweep")
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_data(rc)
