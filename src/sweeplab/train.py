@@ -180,7 +180,10 @@ def run(cfg: DictConfig) -> float:
     rc = validate(cfg)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.RUN and hydra_cfg.runtime.choices.get("hparams_search"):
-        raise ConfigError("hparams_search is set, but this is a single run: add --multirun to sweep")
+        if any(o.startswith("hparams_search=") for o in hydra_cfg.overrides.task):
+            raise ConfigError("hparams_search is set, but this is a single run: add --multirun to sweep")
+        # An experiment that carries a sweep, run once: how a sweep's best command reproduces a trial.
+        log.warning("this experiment defines a sweep; running one trial's config (add --multirun to sweep)")
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
