@@ -47,6 +47,7 @@ format:  ## ruff format + import sort
 
 bench: install  ## benchmarks; writes BENCHMARKS.md
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
+	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
 
 clean:  ## remove run outputs and caches (not the venv, not ~/.cache/sweeplab)
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -107,3 +107,14 @@ def test_config_validation_imports_nothing_heavy() -> None:
 def test_resolved_config_has_no_missing_values() -> None:
     cfg = make_cfg()
     assert {k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")} == set()
+
+
+@pytest.mark.parametrize(("sampler", "target"), [("tpe_warm", "TPESampler"), ("random", "RandomSampler")])
+def test_sweep_sampler_can_be_swapped(sampler: str, target: str) -> None:
+    """TPE-only keys live in the sampler's own file, so choosing another sampler drops them."""
+    cfg = make_cfg("hparams_search=qlora", f"hydra/sweeper/sampler={sampler}")
+    assert cfg.hydra.sweeper.sampler._target_.endswith(target)
+    assert cfg.hydra.sweeper.sampler.seed == 1234
+    assert ("n_startup_trials" in cfg.hydra.sweeper.sampler) == (target == "TPESampler")
+    for key in cfg.hydra.sweeper.params:  # the search space names only real keys
+        assert OmegaConf.select(cfg, key) is not None, key
