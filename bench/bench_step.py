@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
+from benchmarks_md import cpu_name, replace_section  # bench/ is sys.path[0] when run as a script
 from sweeplab.config import RunConfig, validate
 from sweeplab.data import PadCollator, build_datasets
 from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
@@ -132,14 +132,7 @@ def main() -> None:
 
 
 def write_section(args, rc: RunConfig, results: dict, med: dict, ratios: list[float]) -> None:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     rows = "\n".join(
         f"| {name} | {' / '.join(f'{v:.0f}' for v in vals)} | {med[name]:.0f} |"
         for name, vals in results.items()
@@ -162,12 +155,7 @@ Per-round ratios (each pair ran back to back): {", ".join(f"{r:.3f}" for r in ra
 **Ratio sweeplab / bare: {statistics.median(ratios):.3f}** (median of the per-round ratios; target >= 0.95).
 Machine: {os.cpu_count()} cores, {cpu}; torch {torch.__version__}; measured {time.strftime("%Y-%m-%d")}.
 {END}"""
-    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n\nWritten by `make bench`.\n"
-    if START in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.out.write_text(text)
+    replace_section(args.out, START, END, section)
 
 
 if __name__ == "__main__":

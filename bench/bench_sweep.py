@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from benchmarks_md import cpu_name, replace_section  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_sweep:start -->", "<!-- bench_sweep:end -->"
@@ -148,14 +149,7 @@ def main() -> None:
 
 
 def write_section(args: argparse.Namespace, table: str, s: dict) -> None:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     censored = ", ".join(f"{m} {n} of {args.seeds}" for m, n in s["never"].items())
     section = f"""{START}
 ## Sweep: optimizer steps until a trial is within 1% of the best val/loss
@@ -182,12 +176,7 @@ Mean steps to within 1%: {", ".join(f"{m} {v:.0f}" for m, v in s["mean"].items()
 **Ratio {SEARCH} / {BASELINE}: {s["ratio"]:.3f}** (target <= 0.25). Whole benchmark: {s["minutes"]:.1f} min.
 Machine: {os.cpu_count()} cores, {cpu}; optuna {optuna.__version__}; measured {time.strftime("%Y-%m-%d")}.
 {END}"""
-    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n\nWritten by `make bench`.\n"
-    if START in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.out.write_text(text)
+    replace_section(args.out, START, END, section)
 
 
 if __name__ == "__main__":
