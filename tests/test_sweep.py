@@ -137,3 +137,11 @@ def test_each_trial_is_its_own_wandb_run(tmp_path: Path) -> None:
         [record] = run.glob("*.wandb")  # W&B's own binary log: named after its trial, not the first one
         assert f"trial-{number}".encode() in record.read_bytes()
     assert len(list((tmp_path / "sweeps" / "s" / "wandb").glob("offline-run-*"))) == 1  # the summary
+
+
+def test_bad_sweeper_options_fail_cleanly(tmp_path: Path) -> None:
+    result = sweep(tmp_path, *QLORA, "hydra.sweeper.pruner=nope", "hydra.sweeper.n_jobs=0")
+    assert result.returncode != 0
+    assert "hydra.sweeper.pruner must be one of" in result.stderr and "hydra.sweeper.n_jobs" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "sweeps" / "optuna.db").exists()

@@ -47,8 +47,6 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
         self.heartbeat_interval = extra["heartbeat_interval"]
         self.grace_period = extra["grace_period"]
-        if self.pruner not in PRUNERS:
-            raise ValueError(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
 
     def sampler_for(self, n: int) -> optuna.samplers.BaseSampler:
         """Seed mixed with the trial number: a fixed seed would make workers and resumed studies repeat
@@ -172,6 +170,18 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
 
 
+def check_options(options: dict[str, Any]) -> list[str]:
+    problems = []
+    if options["pruner"] not in PRUNERS:
+        problems.append(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {options['pruner']!r}")
+    for i, recipe in enumerate(options["enqueue"] or []):
+        if not isinstance(recipe, dict | DictConfig) or set(recipe) != {"recipe", "params"}:
+            problems.append(f"hydra.sweeper.enqueue[{i}] must be {{recipe: NAME, params: {{key: value}}}}")
+    if options["n_jobs"] < 1:
+        problems.append(f"hydra.sweeper.n_jobs must be >= 1, got {options['n_jobs']}")
+    return problems
+
+
 def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
     """Optuna beats only inside study.optimize(); ask/tell sweeps must do it themselves."""
     while True:
@@ -226,6 +236,9 @@ class SweeplabSweeper(Sweeper):
     """Built by Hydra from hydra.sweeper; upstream OptunaSweeper builds its own impl, so we need ours."""
 
     def __init__(self, sampler: DictConfig, **kwargs: Any) -> None:
+        problems = check_options(kwargs)
+        if problems:  # SystemExit passes Hydra's handler: one line per problem, no traceback
+            sys.exit("sweeplab: error: invalid sweeper config:\n  " + "\n  ".join(problems))
         extra = {
             k: kwargs.pop(k)
             for k in (
