@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config import RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, SweeplabError
+from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("sweeplab.train")
@@ -174,9 +175,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def redact_hydra_files(run_dir: Path, hydra_cfg: Any) -> None:
+    """Hydra saved the overrides as typed (a storage password, a token) before this job started."""
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        redact_file(run_dir / str(hydra_cfg.output_subdir or ".hydra") / name)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        redact_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+
+
 def run(cfg: DictConfig) -> float:
     from sweeplab.outputs import atomic_write_text
 
+    install_log_redaction()  # Hydra set up this job's log handlers just before calling us
+    sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv in every run's metadata
     rc = validate(cfg)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.RUN and hydra_cfg.runtime.choices.get("hparams_search"):
@@ -188,8 +199,9 @@ def run(cfg: DictConfig) -> float:
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_data(rc)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))  # also what W&B logs
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    redact_hydra_files(run_dir, hydra_cfg)
     trial = None
     if os.environ.get("SWEEPLAB_TRIAL_ID"):  # only inside a sweeplab sweep: optuna stays unimported
         from sweeplab.trial import trial_from_env
@@ -232,7 +244,7 @@ def main(cfg: DictConfig) -> float:
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if _holds_only_bookkeeping(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was produced: leave no run dir behind
-        print(f"sweeplab: error: {err}", file=sys.stderr)
+        print(f"sweeplab: error: {redact_text(str(err))}", file=sys.stderr)
         sys.exit(2)
 
 

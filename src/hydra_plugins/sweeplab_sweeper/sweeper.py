@@ -27,6 +27,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.trial import PRUNERS, TRIAL_ENV
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=SAMPLER_WHITELIST)
 
     def sweep(self, arguments: list[str]) -> None:
+        install_log_redaction()  # the launcher logs every job's overrides, a storage URL among them
+        sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv; workers use sys.orig_argv
         self._process_searchspace_config()
         distributions, fixed, fixed_overrides = create_params_from_overrides(
             self._parse_sweeper_params_config() + list(arguments)
@@ -80,7 +83,13 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 study.set_user_attr("enqueued", True)
                 study.set_user_attr("command", base_command())
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        log.info("study %s in %s: %d of %d trials done", study.study_name, url, len(finished), self.n_trials)
+        log.info(
+            "study %s in %s: %d of %d trials done",
+            study.study_name,
+            redact_text(url),
+            len(finished),
+            self.n_trials,
+        )
         workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
@@ -208,7 +217,7 @@ def outcome(ret: Any) -> tuple[TrialState, float | None, str | None]:
 def base_command() -> str:
     """The sweep command without the sweep, as the start of the best trial's command."""
     args = [a for a in sys.argv[1:] if not a.startswith(("--multirun", "-m", "hparams_search=", "hydra."))]
-    return " ".join(["python -m sweeplab.train", *args])
+    return redact_text(" ".join(["python -m sweeplab.train", *args]))
 
 
 def summarize(study: optuna.Study, sweep_dir: Path) -> None:

@@ -8,11 +8,11 @@ add its tables to any database it opens.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeplab.errors import SweeplabError
+from sweeplab.secrets import redact_text
 
 if TYPE_CHECKING:
     import optuna
@@ -42,7 +42,7 @@ def default_storage() -> str:
 
 def mask(url: str) -> str:
     """user:secret@host -> user:***@host, for anything printed or written."""
-    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+    return redact_text(url)
 
 
 def looks_like_storage(target: str) -> bool:

@@ -1,0 +1,116 @@
+"""A sweep on a real PostgreSQL server (started here) shared by two workers, with secrets kept out.
+
+The storage URL carries a password and the environment a W&B key and a hub token: none of them
+may reach a log line, a logged config or any file under the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT
+from tests.test_sweep import SMALL
+
+PASSWORD = "pg-Secret-7f3a9c"
+WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
+HF_TOKEN = "hf_NotARealTokenButSecret42"
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on loopback with password auth; `make test` installs the server."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries not found (make test installs them: scripts/ensure-postgres.sh)")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses root
+    home = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
+    data, port = home / "data", _free_port()
+    (home / "pw").write_text(PASSWORD)
+    if as_postgres:
+        shutil.chown(home, "postgres")
+        shutil.chown(home / "pw", "postgres")
+    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True)  # noqa: E731
+    run(initdb, "-D", str(data), "-U", "sweeplab", f"--pwfile={home / 'pw'}", "--auth=scram-sha-256")
+    opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    run(pg_ctl, "-D", str(data), "-o", opts, "-l", str(home / "log"), "-w", "start")
+    try:
+        base = f"postgresql+psycopg://sweeplab:{PASSWORD}@127.0.0.1:{port}"
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
+        engine.dispose()
+        yield f"{base}/sweeps"
+    finally:
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _files_holding(root: Path, secrets: list[str]) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            hits += [f"{path.relative_to(root)}: {s[:4]}..." for s in secrets if s.encode() in blob]
+    return hits
+
+
+@pytest.mark.slow
+def test_two_workers_sweep_on_postgres_and_no_secret_leaks(postgres_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_API_KEY": WANDB_KEY, "HF_TOKEN": HF_TOKEN, "WANDB_MODE": "offline"}
+    overrides = [o for o in SMALL if not o.startswith(("logger=", "trainer.max_steps"))]
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeplab.train", "--multirun", *overrides, "hparams_search=qlora",
+         "hydra.sweeper.study_name=pg", "hydra.sweeper.pruner=none", "hydra.sweeper.n_trials=4",
+         "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={postgres_url}", "logger=wandb",
+         "logger.mode=offline", "trainer.max_steps=8", f"paths.output_root={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+
+    trials = optuna.load_study(study_name="pg", storage=postgres_url).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no trial ran twice
+    assert (tmp_path / "sweeps" / "pg" / "worker-1.log").is_file()
+
+    report = subprocess.run(
+        [sys.executable, "-m", "sweeplab.report", "pg", "--storage", postgres_url,
+         "--out", str(tmp_path / "report")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    output += report.stdout + report.stderr
+
+    secrets = [PASSWORD, WANDB_KEY, HF_TOKEN]
+    assert not [s for s in secrets if s in output], "a secret reached the console"
+    assert "sweeplab:***@127.0.0.1" in (tmp_path / "sweeps" / "pg" / "0" / ".hydra" / "hydra.yaml").read_text()
+    hits = _files_holding(tmp_path, secrets)
+    assert hits == [], hits  # configs, logs, W&B offline runs, report
