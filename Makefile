@@ -33,6 +33,7 @@ dashboard: install  ## optuna-dashboard on the sweep storage (http://127.0.0.1:8
 	.venv/bin/optuna-dashboard $(STORAGE)
 
 test: install  ## install from nothing, then every CPU test (slow ones too): what CI runs
+	bash scripts/ensure-postgres.sh
 	$(PY) -m pytest -m "not gpu"
 
 test-fast:  ## the quick loop while you work
