@@ -11,3 +11,7 @@ class ConfigError(SweeplabError, ValueError):
 
 class DataError(SweeplabError, ValueError):
     """A data file is missing or malformed; the message names file:line."""
+
+
+class Interrupted(SweeplabError):
+    """Ctrl-C or SIGTERM: the run stopped at a step boundary after saving checkpoints/last.ckpt."""

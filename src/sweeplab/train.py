@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config import RunConfig, validate
-from sweeplab.errors import ConfigError, DataError, SweeplabError
+from sweeplab.errors import ConfigError, DataError, Interrupted, SweeplabError
 from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -104,13 +104,18 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
         val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate, num_workers=rc.data.num_workers
     )
 
+    from sweeplab.interrupt import GracefulStop
+
+    extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
     pruning = []
     if trial is not None:
         from sweeplab.pruning import PruningCallback
 
         pruning = [PruningCallback(trial)]
         trial.set_user_attr("run_dir", str(run_dir))
-    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, pruning)
+    trainer = build_trainer(
+        rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, [*extra, *pruning]
+    )
     if rc.trainer.val_at_start and ckpt is None:
         trainer.validate(module, val_loader, verbose=False)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
@@ -226,6 +231,14 @@ def finish_wandb_run(failed: bool) -> None:
             log.warning("could not close the W&B run: %s", exc)
 
 
+def resume_command(hydra_cfg: Any) -> str:
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("ckpt_path=", "run_name="))]
+    name = Path(hydra_cfg.runtime.output_dir).name
+    return redact_text(
+        " ".join(["python -m sweeplab.train", *overrides, f"run_name={name}", "ckpt_path=last"])
+    )
+
+
 def _holds_only_bookkeeping(run_dir: Path) -> bool:
     """Hydra's .hydra/ and log, our config.yaml: safe to delete; checkpoints or metrics never are."""
     return run_dir.is_dir() and all(
@@ -238,6 +251,11 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         return run(cfg)
+    except Interrupted as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweeper marks the trial, queues its params again and stops
+        print(f"sweeplab: {err}\n  resume: {resume_command(hydra_cfg)}", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, DataError, SweeplabError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the sweeper records the trial as failed, with this reason

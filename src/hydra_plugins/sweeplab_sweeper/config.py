@@ -24,6 +24,8 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # A worker that dies mid-trial stops beating; its trial turns FAIL and its params run again.
     heartbeat_interval: int = 30
     grace_period: int | None = None
+    # How often a killed trial's params run again (from its last checkpoint); interruptions are free.
+    max_retries: int = 1
 
 
 ConfigStore.instance().store(

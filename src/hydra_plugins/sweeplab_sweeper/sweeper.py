@@ -10,6 +10,7 @@ import collections
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.trial import PRUNERS, TRIAL_ENV
@@ -48,6 +50,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
         self.heartbeat_interval = extra["heartbeat_interval"]
         self.grace_period = extra["grace_period"]
+        self.max_retries = extra["max_retries"]
 
     def sampler_for(self, n: int) -> optuna.samplers.BaseSampler:
         """Seed mixed with the trial number: a fixed seed would make workers and resumed studies repeat
@@ -93,6 +96,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
+        except (SweepInterrupted, KeyboardInterrupt) as stop:
+            for worker in workers:  # their own sessions: the terminal's Ctrl-C reached this process only
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGINT)
+            for worker in workers:
+                worker.wait()
+            log.warning("sweep stopped (%s); run the same command again to resume", stop or "Ctrl-C")
+            sys.exit(130)
         finally:
             for worker in workers:
                 worker.wait()
@@ -124,7 +135,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         for k in range(1, self.n_jobs):
             with open(sweep_dir / f"worker-{k}.log", "a") as out:
                 env = {**os.environ, WORKER_ENV: str(k)}
-                workers.append(subprocess.Popen(sys.orig_argv, env=env, stdout=out, stderr=subprocess.STDOUT))
+                workers.append(
+                    subprocess.Popen(
+                        sys.orig_argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
             log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
         return workers
 
@@ -132,21 +147,25 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         """Run trials until the study holds n_trials finished ones (True) or too many failed (False)."""
         while True:
             with lock():
-                optuna.storages.fail_stale_trials(study)
-                states = collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+                fail_lost_trials(study, self.max_retries)
+                trials = study.get_trials(deepcopy=False)
+                states = collections.Counter(t.state for t in trials)
                 if states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING] >= (
                     self.n_trials
                 ):
                     return True
-                if states[TrialState.FAIL] > self.max_failures:
+                # A trial stopped by the user is no failure of its params (it is queued again).
+                failures = [t for t in trials if t.state == TrialState.FAIL and not interrupted(t)]
+                if len(failures) > self.max_failures:
                     log.error(
                         "%d trials failed (hydra.sweeper.max_failures=%d): stopping the sweep",
-                        states[TrialState.FAIL],
+                        len(failures),
                         self.max_failures,
                     )
                     return False
                 study.sampler = self.sampler_for(len(study.trials))
                 trial = study.ask()
+                claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
             self.run_trial(study, storage, trial, list(overrides))
 
@@ -159,6 +178,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             f"logger.group={study.study_name}",
             f"logger.name=trial-{trial.number}",
         ]
+        resume_from = trial.user_attrs.get(RESUME_ATTR)
+        if resume_from and Path(resume_from).is_file():  # a retry of a killed trial goes on from there
+            overrides.append(f"ckpt_path='{resume_from}'")
+            log.info("trial %d resumes %s", trial.number, resume_from)
         beating = threading.Event()
         heart = threading.Thread(
             target=beat, args=(storage, trial._trial_id, self.heartbeat_interval, beating), daemon=True
@@ -166,10 +189,16 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         heart.start()
         try:
             [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+        except (KeyboardInterrupt, SystemExit) as exc:  # stopped outside a training step
+            self.stop_trial(study, trial, f"interrupted ({type(exc).__name__})")
+            raise SweepInterrupted(f"trial {trial.number} interrupted") from None
         finally:
             beating.set()
             heart.join()
         state, value, reason = outcome(ret)
+        if reason and reason.startswith("Interrupted"):
+            self.stop_trial(study, trial, reason)
+            raise SweepInterrupted(f"trial {trial.number} {reason}")
         if reason:
             trial.set_user_attr("fail_reason", reason)
             log.warning("trial %d failed: %s", trial.number, reason)
@@ -177,6 +206,20 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         log.info(
             "trial %d %s%s", trial.number, state.name, f" val/loss {value:.4f}" if value is not None else ""
         )
+
+    def stop_trial(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+        """An interruption is no verdict on the params: FAIL with the reason, and queue them again."""
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+
+
+def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    return str(trial.user_attrs.get("fail_reason", "")).lower().startswith("interrupted")
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the trial is stored FAIL, its params queued again, the sweep stops."""
 
 
 def check_options(options: dict[str, Any]) -> list[str]:
@@ -257,6 +300,7 @@ class SweeplabSweeper(Sweeper):
                 "max_failures",
                 "heartbeat_interval",
                 "grace_period",
+                "max_retries",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)

@@ -1,0 +1,103 @@
+"""Trials whose worker died or was interrupted: marked FAIL with a reason, and run again.
+
+A RUNNING trial holds the host and pid of its worker. On this host a dead pid is certain at once;
+elsewhere Optuna's heartbeat grace period decides. Either way the trial becomes FAIL and a copy
+with the same parameters is queued (optuna's RetryHeartbeatStaleTrialCallback), carrying the
+killed trial's last checkpoint so the retry resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+from pathlib import Path
+
+import optuna
+import psutil
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "sweeplab:worker"
+RESUME_ATTR = "resume_from"
+KEPT_ATTRS = ("recipe",)  # the rest (run_dir, steps, ...) describe the failed attempt only
+
+
+def this_worker() -> dict[str, object]:
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
+
+
+def claim(study: optuna.Study, trial: optuna.Trial) -> None:
+    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, this_worker())
+
+
+def _alive(worker: dict) -> bool:
+    try:  # the start time tells a reused pid from the worker that held the trial
+        return abs(psutil.Process(worker["pid"]).create_time() - worker["started"]) < 1.0
+    except (psutil.NoSuchProcess, KeyError, TypeError):
+        return False
+
+
+def last_checkpoint(trial: FrozenTrial) -> str | None:
+    run_dir = trial.user_attrs.get("run_dir")
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
+    if ckpt is not None and ckpt.is_file():
+        return str(ckpt)
+    return trial.user_attrs.get(RESUME_ATTR)  # killed again before its first checkpoint
+
+
+class RetryWithCheckpoint(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry, with the failed attempt's last checkpoint to resume from."""
+
+    def __init__(self, max_retry: int | None) -> None:
+        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        retry = copy.copy(trial)
+        retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ATTRS}
+        ckpt = last_checkpoint(trial)
+        if ckpt:
+            retry.user_attrs[RESUME_ATTR] = ckpt
+        retry.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER_ATTR}
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        super().__call__(study, retry)
+        queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before
+        where = f" from {ckpt}" if ckpt else ""
+        log.warning(
+            "trial %d: %s", trial.number, f"its params run again{where}" if queued else "no retries left"
+        )
+
+
+def fail_lost_trials(study: optuna.Study, max_retry: int | None) -> None:
+    """RUNNING trials whose worker is gone turn FAIL with a reason, and their params are queued again.
+
+    Dead workers on this host are certain at once (pid + start time); on other hosts the storage's
+    heartbeat grace period decides, as in optuna.storages.fail_stale_trials. That function sets FAIL
+    before its callback runs, and a finished trial takes no more attrs, so the reason could not be
+    stored: hence these few lines instead of it.
+    """
+    host = socket.gethostname()
+    storage = study._storage
+    lost: dict[int, str] = {}
+    interval = getattr(storage, "heartbeat_interval", None)
+    if interval:
+        grace = storage.grace_period or 2 * interval  # RDBStorage's own default
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            lost[trial_id] = f"lost: no heartbeat from its worker for over {grace} s"
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.system_attrs.get(WORKER_ATTR)
+        if worker and worker.get("host") == host and not _alive(worker):
+            lost[trial._trial_id] = (
+                f"killed: worker pid {worker['pid']} died mid-trial (SIGKILL, OOM killer or power loss)"
+            )
+    for trial_id, reason in lost.items():
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished after all, or another worker failed it first
+        log.warning("trial %d FAIL (%s)", storage.get_trial_number_from_id(trial_id), reason)
+        RetryWithCheckpoint(max_retry)(study, copy.deepcopy(storage.get_trial(trial_id)))

@@ -1,0 +1,60 @@
+"""Ctrl-C (SIGINT) or SIGTERM during training: finish the optimizer step, save last.ckpt, stop.
+
+Lightning alone catches KeyboardInterrupt mid-step and exits without a checkpoint; a batch
+scheduler's SIGTERM would lose everything since the last validation. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from sweeplab.errors import Interrupted
+
+log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop(L.Callback):
+    def __init__(self, ckpt_path: Path) -> None:
+        self.ckpt_path = ckpt_path
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt  # the second one: stop now
+        self.requested = signal.Signals(signum).name
+        log.warning(
+            "%s: stopping after this step, saving %s (again to stop at once)", self.requested, self.ckpt_path
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        if not self.requested or trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # mid-accumulation the optimizer has not stepped: not a resumable point
+        trainer.save_checkpoint(self.ckpt_path)
+        raise Interrupted(
+            f"{self.requested} at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}"
+        )
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()

@@ -1,0 +1,127 @@
+"""Damage done to real sweeps: SIGKILL mid-trial, Ctrl-C mid-trial; the rerun must recover everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT
+from tests.test_sweep import SMALL, load
+
+pytestmark = pytest.mark.slow
+
+
+def command(out: Path, study: str, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "sweeplab.train", "--multirun", *SMALL, f"paths.output_root={out}",
+        "hparams_search=qlora", f"hydra.sweeper.study_name={study}", "hydra.sweeper.pruner=none", *overrides,
+    ]  # fmt: skip
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """In its own session, like a sweep started in its own terminal."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended before the damage was done:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def running_with_checkpoint(out: Path, study: str, number: int) -> Callable[[], bool]:
+    """Read-only polling: opening the storage with optuna would race the sweep creating its schema."""
+    db = out / "sweeps" / "optuna.db"
+    query = (
+        "SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = ? AND t.number = ?"
+    )
+
+    def check() -> bool:
+        ckpt = out / "sweeps" / study / str(number) / "checkpoints" / "last.ckpt"
+        if not (db.exists() and ckpt.is_file()):
+            return False
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                row = conn.execute(query, (study, number)).fetchone()
+        except sqlite3.OperationalError:
+            return False  # locked or not yet created
+        return row is not None and row[0] == "RUNNING"
+
+    return check
+
+
+def rerun(cmd: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def retry_of(trials: list[optuna.trial.FrozenTrial], number: int) -> optuna.trial.FrozenTrial:
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    return retry
+
+
+def test_sigkill_mid_trial_then_rerun_resumes_the_killed_trial(tmp_path: Path) -> None:
+    cmd = command(tmp_path, "k", "hydra.sweeper.n_trials=3", "trainer.max_steps=40")
+    log = tmp_path / "first.log"
+    proc = start(cmd, log)
+    wait_for(running_with_checkpoint(tmp_path, "k", 1), proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: as if the power went
+    proc.wait()
+    before = load(tmp_path, "k").trials
+    assert [t.state for t in before[:2]] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    rerun(cmd)
+    trials = load(tmp_path, "k").trials
+    assert trials[0].datetime_complete == before[0].datetime_complete  # the finished trial was kept as is
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["fail_reason"].startswith("killed")
+    retry = retry_of(trials, 1)
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[1].params
+    killed_ckpt = tmp_path / "sweeps" / "k" / "1" / "checkpoints" / "last.ckpt"
+    assert retry.user_attrs["resume_from"] == str(killed_ckpt)
+    job_log = (tmp_path / "sweeps" / "k" / str(retry.number) / "train.log").read_text()
+    assert "Restored all states from the checkpoint" in job_log  # went on from the killed trial's step
+    assert min(retry.intermediate_values) <= min(trials[1].intermediate_values)  # its curve is whole
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and len({t.number for t in done}) == 3  # the total, nothing counted twice
+
+
+def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None:
+    cmd = command(tmp_path, "c", "hydra.sweeper.n_trials=2", "trainer.max_steps=48")
+    log = tmp_path / "first.log"
+    proc = start(cmd, log)
+    wait_for(running_with_checkpoint(tmp_path, "c", 0), proc, log)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+    assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+
+    trials = load(tmp_path, "c").trials
+    first = trials[0]
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("Interrupted: SIGINT at step"), first.user_attrs
+    run_dir = tmp_path / "sweeps" / "c" / "0"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "metrics.json").exists()
+    assert retry_of(trials, 0).state == TrialState.WAITING  # queued to run again, from the checkpoint
+
+    rerun(cmd)
+    trials = load(tmp_path, "c").trials
+    retry = retry_of(trials, 0)
+    assert retry.state == TrialState.COMPLETE and retry.params == first.params
+    assert "Restored all states from the checkpoint" in (
+        tmp_path / "sweeps" / "c" / str(retry.number) / "train.log"
+    ).read_text()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
