@@ -46,7 +46,9 @@ def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on loopback with password auth; `make test` installs the server."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL server binaries not found (make test installs them: scripts/ensure-postgres.sh)")
+        pytest.skip(
+            "PostgreSQL server binaries not found (make test installs them: scripts/ensure-postgres.sh)"
+        )
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses root
     home = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
     data, port = home / "data", _free_port()
@@ -68,7 +70,9 @@ def postgres_url() -> Iterator[str]:
         engine.dispose()
         yield f"{base}/sweeps"
     finally:
-        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -111,6 +115,8 @@ def test_two_workers_sweep_on_postgres_and_no_secret_leaks(postgres_url: str, tm
 
     secrets = [PASSWORD, WANDB_KEY, HF_TOKEN]
     assert not [s for s in secrets if s in output], "a secret reached the console"
-    assert "sweeplab:***@127.0.0.1" in (tmp_path / "sweeps" / "pg" / "0" / ".hydra" / "hydra.yaml").read_text()
+    assert (
+        "sweeplab:***@127.0.0.1" in (tmp_path / "sweeps" / "pg" / "0" / ".hydra" / "hydra.yaml").read_text()
+    )
     hits = _files_holding(tmp_path, secrets)
     assert hits == [], hits  # configs, logs, W&B offline runs, report

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT
-from tests.test_sweep import SMALL, load
+from tests.test_sweep import SMALL, TEST_CONF, load
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,25 @@ def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None
     trials = load(tmp_path, "c").trials
     retry = retry_of(trials, 0)
     assert retry.state == TrialState.COMPLETE and retry.params == first.params
-    assert "Restored all states from the checkpoint" in (
-        tmp_path / "sweeps" / "c" / str(retry.number) / "train.log"
-    ).read_text()
+    assert (
+        "Restored all states from the checkpoint"
+        in (tmp_path / "sweeps" / "c" / str(retry.number) / "train.log").read_text()
+    )
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeplab.train", "--multirun", *SMALL, f"paths.output_root={tmp_path}",
+         TEST_CONF, "hparams_search=faults"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "faults").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    oom, loader, healthy = (t.user_attrs for t in trials)
+    assert oom["fail_kind"] == "oom" and "out of memory at step 3" in oom["fail_reason"]
+    assert "data.batch_size" in oom["fail_reason"]  # says what to change
+    assert loader["fail_kind"] == "data" and "DataLoader worker" in loader["fail_reason"]
+    # Each trial ran in the same process as the failed ones before it, with their models collected.
+    assert [t["models_alive_at_start"] for t in (oom, loader, healthy)] == [0, 0, 0]

@@ -163,6 +163,16 @@ class CheckpointConfig(Schema):
 class CallbacksConfig(Schema):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    # More Lightning callbacks, each built by hydra.utils.instantiate from {_target_: module.Class, ...}.
+    extra: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("extra")
+    @classmethod
+    def _each_has_a_target(cls, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, item in enumerate(extra):
+            if "_target_" not in item:
+                raise ValueError(f"item {i} has no _target_ (e.g. {{_target_: my_pkg.MyCallback}})")
+        return extra
 
 
 class LoggerConfig(Schema):

@@ -15,3 +15,15 @@ class DataError(SweeplabError, ValueError):
 
 class Interrupted(SweeplabError):
     """Ctrl-C or SIGTERM: the run stopped at a step boundary after saving checkpoints/last.ckpt."""
+
+
+class OutOfMemory(SweeplabError, MemoryError):
+    """The device ran out of memory; the message names the knobs that shrink a step."""
+
+
+class DataLoaderFailed(SweeplabError, RuntimeError):
+    """A data loader worker died or raised mid-training."""
+
+
+class DivergedError(SweeplabError, FloatingPointError):
+    """A NaN/inf training loss; the run stops instead of training on garbage."""

@@ -26,7 +26,10 @@ class GracefulStop(L.Callback):
         self.requested: str | None = None
         self._previous: dict[int, Any] = {}
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its own SIGTERM handler (it does so after on_fit_start): what is
+        # put back at the end is then its handler, which its teardown replaces with the original.
+        # Installed earlier, this handler would outlive the run and keep its trainer alive.
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
 
@@ -51,7 +54,7 @@ class GracefulStop(L.Callback):
             signal.signal(sig, handler)
         self._previous = {}
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
     def on_exception(

@@ -13,11 +13,7 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from sweeplab.config import OptimConfig
-from sweeplab.errors import SweeplabError
-
-
-class DivergedError(SweeplabError, FloatingPointError):
-    """A NaN/inf training loss; the run stops instead of training on garbage."""
+from sweeplab.errors import DivergedError
 
 
 def warmup_steps(optim: OptimConfig, max_steps: int) -> int:

@@ -7,11 +7,13 @@ python -m sweeplab.train experiment=toolcall_quick
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config import RunConfig, validate
-from sweeplab.errors import ConfigError, DataError, Interrupted, SweeplabError
+from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -107,18 +109,26 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
     from sweeplab.interrupt import GracefulStop
 
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
+    # Only the class each entry names: a nested _target_ inside its arguments would be refused.
+    extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
     pruning = []
     if trial is not None:
         from sweeplab.pruning import PruningCallback
 
         pruning = [PruningCallback(trial)]
         trial.set_user_attr("run_dir", str(run_dir))
+        # Earlier trials in this process must have let go of their models (a failed one's traceback
+        # holds its frames): the sweeper collects them after each trial; this records that it worked.
+        trial.set_user_attr("models_alive_at_start", _models_alive(module))
+        if placement.device != "cpu":
+            trial.set_user_attr("cuda_mem_at_start_mb", torch.cuda.memory_allocated() / 2**20)
     trainer = build_trainer(
         rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, [*extra, *pruning]
     )
-    if rc.trainer.val_at_start and ckpt is None:
-        trainer.validate(module, val_loader, verbose=False)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    with translate_faults(rc, trainer):
+        if rc.trainer.val_at_start and ckpt is None:
+            trainer.validate(module, val_loader, verbose=False)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
     if pruning and pruning[0].pruned_at is not None:
         import optuna
 
@@ -172,6 +182,40 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
         run_dir,
     )
     return float(best["val/loss"])
+
+
+@contextlib.contextmanager
+def translate_faults(rc: RunConfig, trainer: Any) -> Iterator[None]:
+    """Out-of-memory and data loader crashes as errors that say what happened and what to change."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        raise OutOfMemory(
+            f"out of memory at step {trainer.global_step} ({first}) with data.batch_size="
+            f"{rc.data.batch_size}, data.max_seq_len={rc.data.max_seq_len}, lora.r={rc.lora.r}: lower "
+            "data.batch_size (raise trainer.accumulate_grad_batches to keep the batch) or data.max_seq_len"
+        ) from None
+    except RuntimeError as err:
+        if "DataLoader worker" not in str(err):
+            raise
+        raise DataLoaderFailed(
+            f"data loader failed at step {trainer.global_step}: {err}; with data.num_workers="
+            f"{rc.data.num_workers}, try data.num_workers=0 to see the worker's own error"
+        ) from None
+
+
+def _models_alive(current: Any) -> int:
+    """QLoRAModules in this process other than the current one."""
+    import gc
+
+    from sweeplab.module import QLoRAModule
+
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, QLoRAModule) and o is not current]
+    return len(alive)
 
 
 def _peak_rss_mb() -> float:

@@ -7,6 +7,7 @@ directions are reused); only `sweep()` is replaced, because upstream's is one bl
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.trial import PRUNERS, TRIAL_ENV
 
@@ -195,13 +197,16 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         finally:
             beating.set()
             heart.join()
-        state, value, reason = outcome(ret)
-        if reason and reason.startswith("Interrupted"):
+        state, value, reason, kind = outcome(ret)
+        del ret
+        release_memory()
+        if kind == "interrupted":
             self.stop_trial(study, trial, reason)
             raise SweepInterrupted(f"trial {trial.number} {reason}")
         if reason:
             trial.set_user_attr("fail_reason", reason)
-            log.warning("trial %d failed: %s", trial.number, reason)
+            trial.set_user_attr("fail_kind", kind)
+            log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
         study.tell(trial, state=state, values=None if value is None else [value])
         log.info(
             "trial %d %s%s", trial.number, state.name, f" val/loss {value:.4f}" if value is not None else ""
@@ -210,12 +215,13 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
     def stop_trial(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         """An interruption is no verdict on the params: FAIL with the reason, and queue them again."""
         trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_kind", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return str(trial.user_attrs.get("fail_reason", "")).lower().startswith("interrupted")
+    return trial.user_attrs.get("fail_kind") == "interrupted"
 
 
 class SweepInterrupted(Exception):
@@ -242,19 +248,41 @@ def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
             return
 
 
-def outcome(ret: Any) -> tuple[TrialState, float | None, str | None]:
+def release_memory() -> None:
+    """A failed job's exception holds its frames and with them its model: collect both now."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fail_kind(exc: BaseException) -> str:
+    """A coarse class of the failure, for the report and for filtering in the dashboard."""
+    kinds = {
+        DivergedError: "diverged",
+        OutOfMemory: "oom",
+        DataLoaderFailed: "data",
+        DataError: "data",
+        ConfigError: "config",
+        Interrupted: "interrupted",
+    }
+    return next((kind for cls, kind in kinds.items() if isinstance(exc, cls)), "error")
+
+
+def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]:
+    """(state, value, fail_reason, fail_kind) of a finished job."""
     try:
         value = float(ret.return_value)  # re-raises the job's exception
     except optuna.TrialPruned:
-        return TrialState.PRUNED, None, None
+        return TrialState.PRUNED, None, None, None
     except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
         text = f"{type(exc).__name__}: {exc}"
         if "TrialPruned" in text:  # launchers that cannot pickle it send a RuntimeError naming it
-            return TrialState.PRUNED, None, None
-        return TrialState.FAIL, None, text[:2000]
+            return TrialState.PRUNED, None, None, None
+        return TrialState.FAIL, None, text[:2000], fail_kind(exc)
     if not math.isfinite(value):
-        return TrialState.FAIL, None, f"objective is {value}"
-    return TrialState.COMPLETE, value, None
+        return TrialState.FAIL, None, f"objective is {value}", "diverged"
+    return TrialState.COMPLETE, value, None, None
 
 
 def base_command() -> str:

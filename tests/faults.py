@@ -1,0 +1,34 @@
+"""Real faults injected into a real run, per trial: `callbacks.extra` builds this callback in the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+import psutil
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+
+class Fault(L.Callback):
+    """At `at_step`, trial N suffers plan[N]: 'oom' raises torch's own OutOfMemoryError (what a CUDA
+    allocation failure raises); 'dataloader' SIGKILLs the data loader's worker processes."""
+
+    def __init__(self, plan: dict[int, str], at_step: int) -> None:
+        self.plan = {int(k): v for k, v in plan.items()}
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
+        fault = self.plan.get(int(HydraConfig.get().job.num))
+        if fault is None or trainer.global_step != self.at_step:
+            return
+        if fault == "oom":
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB"
+            )
+        if fault == "dataloader":
+            workers = psutil.Process().children()
+            assert workers, "the data loader has no worker processes: set data.num_workers >= 1"
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
