@@ -208,7 +208,7 @@ def test_bad_input_fails_cleanly(case: str, tmp_path: Path) -> None:
     runs = out / "runs"
     assert not runs.exists() or not any(runs.iterdir()), "a failed run left a run dir behind"
     for name in ("metrics.json", "adapter", "checkpoints", "config.yaml"):
-        assert not list(out.rglob(name)) if out.exists() else True, f"{name} left behind"
+        assert not list(out.rglob(name)), f"{name} left behind"
 
 
 # --- sweeps: nothing may reach the storage or run a trial ------------------------------------------
@@ -310,7 +310,7 @@ def test_bad_sweep_fails_before_any_trial(case: str, tmp_path: Path) -> None:
     assert_clean_failure(result, needle, allowed)
     assert "s3cret" not in result.stdout + result.stderr
     assert not (out / "sweeps").exists(), "no study, storage or trial dir may exist"
-    assert not list(tmp_path.rglob("*.db")) and not (tmp_path / "a-file.lock").exists()
+    assert not list(tmp_path.rglob("*.db*")), "no database or lock file may be created"
 
 
 @pytest.mark.parametrize(
