@@ -1,12 +1,21 @@
-"""Bad input: one clear line naming the key or file:line, non-zero exit, no traceback, no run dir."""
+"""Bad input: one clear message naming the key, file:line or URL and what is allowed; a non-zero exit;
+no traceback (unless HYDRA_FULL_ERROR=1); no run dir, study or trial left behind.
+
+Every case runs the real entry point in a subprocess. Most fail in config validation (~1 s); the two
+that need the tokenizer import torch and build the tiny base once per session.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, run_train
+from tests.conftest import ROOT, TINY, run_train
 
 
 def write(path: Path, text: str) -> Path:
@@ -14,32 +23,305 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-GOOD_LINE = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n'
-BAD_JSONL = GOOD_LINE * 2 + "{oops\n"
+def chat(*turns: tuple[str, str]) -> str:
+    return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n"
 
+
+GOOD_LINE = chat(("user", "hi"), ("assistant", "ok"))
+BAD_JSONL = GOOD_LINE * 2 + "{oops\n"
+NO_ROLE = (
+    GOOD_LINE + json.dumps({"messages": [{"content": "hi"}, {"role": "assistant", "content": "ok"}]}) + "\n"
+)
+SHAREGPT = json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]})
+# Every chat is longer than 16 tokens, but its assistant turn comes first and survives the cut.
+LONG = chat(("user", "hi"), ("assistant", "ok"), ("user", "and now a long story " * 20)) * 4
+
+
+def jsonl(d: Path, name: str, text: str, *extra: str) -> list[str]:
+    return ["data=jsonl", f"data.path={write(d / name, text)}", *extra]
+
+
+def not_utf8(d: Path, name: str) -> Path:
+    path = d / name
+    path.write_bytes(
+        GOOD_LINE.encode() + '{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'.encode("latin-1")
+    )
+    return path
+
+
+# case: (overrides given the tmp dir, what names the mistake, what says what is allowed)
 CASES = {
-    "negative rank": (lambda d: ["lora.r=-3"], "lora.r"),
-    "lr not a number": (lambda d: ["optim.lr=abc"], "optim.lr"),
-    "unknown target set": (lambda d: ["lora.targets=nope"], "lora.targets"),
-    "unknown key": (lambda d: ["+lora.rank=8"], "lora.rank"),
-    "missing data file": (lambda d: ["data=jsonl", f"data.path={d / 'nope.jsonl'}"], "nope.jsonl"),
-    "malformed jsonl line": (
-        lambda d: ["data=jsonl", f"data.path={write(d / 'bad.jsonl', BAD_JSONL)}"],
-        "bad.jsonl:3",
+    # config values out of range
+    "negative rank": (lambda d: ["lora.r=-3"], "lora.r", "greater than 0"),
+    "dropout above 1": (lambda d: ["lora.dropout=1.5"], "lora.dropout", "less than 1"),
+    "negative lr": (lambda d: ["optim.lr=-1"], "optim.lr", "greater than 0"),
+    "zero steps": (lambda d: ["trainer.max_steps=0"], "trainer.max_steps", "greater than 0"),
+    "zero batch size": (lambda d: ["data.batch_size=0"], "data.batch_size", "greater than 0"),
+    "warmup ratio above 1": (lambda d: ["optim.warmup_ratio=1.5"], "optim.warmup_ratio", "less than 1"),
+    "min lr ratio above 1": (
+        lambda d: ["optim.min_lr_ratio=2"],
+        "optim.min_lr_ratio",
+        "less than or equal to 1",
     ),
-    "resume with nothing to resume": (lambda d: ["ckpt_path=last"], "ckpt_path"),
-    "sweep config without --multirun": (lambda d: ["hparams_search=qlora"], "--multirun"),
+    "beta2 above 1": (lambda d: ["optim.betas=[0.9,1.5]"], "optim.betas.1", "less than 1"),
+    "no val batches": (
+        lambda d: ["trainer.limit_val_batches=0"],
+        "trainer.limit_val_batches",
+        "greater than 0",
+    ),
+    "tiny max_seq_len": (lambda d: ["data.max_seq_len=4"], "data.max_seq_len", "greater than or equal to 8"),
+    "zero patience": (
+        lambda d: ["callbacks.early_stopping.patience=0"],
+        "callbacks.early_stopping.patience",
+        "greater than or equal to 1",
+    ),
+    # wrong type
+    "lr not a number": (lambda d: ["optim.lr=abc"], "optim.lr", "valid number"),
+    "fractional rank": (lambda d: ["lora.r=8.5"], "lora.r", "valid integer"),
+    "batch size as a word": (lambda d: ["data.batch_size=two"], "data.batch_size", "valid integer"),
+    "flag not a boolean": (
+        lambda d: ["trainer.enable_progress_bar=maybe"],
+        "trainer.enable_progress_bar",
+        "valid boolean",
+    ),
+    # unknown choice
+    "unknown model preset": (lambda d: ["model=nope"], "model/nope", "qwen2.5-0.5b"),
+    "unknown lora preset": (lambda d: ["lora=r12"], "lora/r12", "r16"),
+    "unknown target set": (lambda d: ["lora.targets=nope"], "lora.targets", "all-linear"),
+    "unknown optimizer": (lambda d: ["optim.name=sgd"], "optim.name", "paged_adamw_8bit"),
+    "unknown precision": (lambda d: ["trainer.precision=fp16"], "trainer.precision", "bf16-mixed"),
+    "unknown data source": (lambda d: ["data.source=csv"], "data.source", "'jsonl'"),
+    "run name with a slash": (lambda d: ["run_name=exp/1"], "run_name", "should match pattern"),
+    # unknown key
+    "unknown key": (lambda d: ["+lora.rank=8"], "lora.rank", "expected one of ['alpha'"),
+    "unknown key without +": (lambda d: ["lora.rank=8"], "lora.rank", "+lora.rank=8"),
+    # options that contradict each other
+    "warmup longer than training": (
+        lambda d: ["optim.warmup_steps=500"],
+        "optim.warmup_steps",
+        "trainer.max_steps",
+    ),
+    "max_seq_len beyond the base's positions": (
+        lambda d: ["data.max_seq_len=1024"],
+        "data.max_seq_len",
+        "max_position_embeddings (512)",
+    ),
+    "lora on a layer the model lacks": (
+        lambda d: ["lora.layers_to_transform=[5]"],
+        "lora.layers_to_transform",
+        "0..1",
+    ),
+    "hub id and embedded base both set": (
+        lambda d: ["model.name_or_path=some/model"],
+        "model.name_or_path",
+        "exactly one",
+    ),
+    "data file without data=jsonl": (
+        lambda d: [f"data.path={write(d / 'mine.jsonl', GOOD_LINE * 4)}"],
+        "data.path",
+        "data=jsonl",
+    ),
+    "val file is the train file": (
+        lambda d: jsonl(d, "same.jsonl", GOOD_LINE * 4, f"data.val_path={d / 'same.jsonl'}"),
+        "data.val_path",
+        "data.val_fraction",
+    ),
+    "resume with nothing to resume": (lambda d: ["ckpt_path=last"], "ckpt_path", "last.ckpt"),
+    "sweep config without --multirun": (lambda d: ["hparams_search=qlora"], "hparams_search", "--multirun"),
+    # data files
+    "missing data file": (
+        lambda d: ["data=jsonl", f"data.path={d / 'nope.jsonl'}"],
+        "nope.jsonl",
+        "no such file",
+    ),
+    "data=jsonl without a path": (lambda d: ["data=jsonl"], "data.path", "data.path=/path/to/file"),
+    "empty data file": (lambda d: jsonl(d, "empty.jsonl", ""), "empty.jsonl", '{"messages"'),
+    "data file not UTF-8": (
+        lambda d: ["data=jsonl", f"data.path={not_utf8(d, 'latin1.jsonl')}"],
+        "latin1.jsonl:2",
+        "save the file as UTF-8",
+    ),
+    "text file not UTF-8": (
+        lambda d: ["data=text", f"data.path={not_utf8(d, 'latin1.txt')}"],
+        "latin1.txt:2",
+        "save the file as UTF-8",
+    ),
+    "malformed jsonl line": (lambda d: jsonl(d, "bad.jsonl", BAD_JSONL), "bad.jsonl:3", '{"messages"'),
+    "message without a role": (
+        lambda d: jsonl(d, "norole.jsonl", NO_ROLE),
+        "norole.jsonl:2",
+        "allowed roles",
+    ),
+    "sharegpt role names": (
+        lambda d: jsonl(d, "roles.jsonl", chat(("human", "hi"), ("gpt", "ok"))),
+        "roles.jsonl:1",
+        "allowed roles: system, user, assistant",
+    ),
+    "sharegpt layout": (
+        lambda d: jsonl(d, "sharegpt.jsonl", SHAREGPT + "\n"),
+        "sharegpt.jsonl:1",
+        '{"messages"',
+    ),
+    "chat with no assistant turn": (
+        lambda d: jsonl(d, "noasst.jsonl", GOOD_LINE + chat(("system", "be brief"), ("user", "hi"))),
+        "noasst.jsonl:2",
+        "add one",
+    ),
+    "missing val file": (
+        lambda d: jsonl(d, "train.jsonl", GOOD_LINE * 4, f"data.val_path={d / 'val_nope.jsonl'}"),
+        "val_nope.jsonl",
+        "no such file",
+    ),
+    "malformed val file": (
+        lambda d: jsonl(d, "train.jsonl", GOOD_LINE * 4, f"data.val_path={write(d / 'val.jsonl', '[1, 2]')}"),
+        "val.jsonl:1",
+        '{"messages"',
+    ),
+    # these two need the tokenizer (torch import, tiny base built once per session)
+    "every chat longer than max_seq_len": (
+        lambda d: jsonl(d, "long.jsonl", LONG, "data.max_seq_len=16"),
+        "train chats are longer than data.max_seq_len=16",
+        "raise data.max_seq_len",
+    ),
+    "one chat and no val file": (
+        lambda d: jsonl(d, "one.jsonl", LONG.splitlines()[0] + "\n"),
+        "one.jsonl",
+        "data.val_path",
+    ),
 }
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, needle: str, allowed: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert needle in result.stderr, output[-2000:]
+    assert allowed in result.stderr, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_cleanly(case: str, tmp_path: Path) -> None:
-    make_overrides, needle = CASES[case]
+    make_overrides, needle, allowed = CASES[case]
     out = tmp_path / "outputs"
     result = run_train(*TINY, *make_overrides(tmp_path), output_root=out, timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert needle in result.stderr, output[-2000:]
-    assert "Traceback" not in output, output[-3000:]
+    assert_clean_failure(result, needle, allowed)
     runs = out / "runs"
     assert not runs.exists() or not any(runs.iterdir()), "a failed run left a run dir behind"
+    for name in ("metrics.json", "adapter", "checkpoints", "config.yaml"):
+        assert not list(out.rglob(name)), f"{name} left behind"
+
+
+# --- sweeps: nothing may reach the storage or run a trial ------------------------------------------
+
+SMALL = ["model=tiny", "logger=csv", "trainer.max_steps=2", "trainer.enable_progress_bar=false"]
+TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
+QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=1"]
+
+
+def sweep(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeplab.train",
+            "--multirun",
+            *SMALL,
+            *QLORA,
+            f"paths.output_root={out}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def a_file(d: Path) -> Path:
+    return write(d / "a-file", "not a directory")
+
+
+SWEEP_CASES = {
+    # search spaces
+    "empty interval": (
+        lambda d: ["optim.lr=interval(1e-3,1e-5)"],
+        "optim.lr=interval(1e-3,1e-5)",
+        "low <= high",
+    ),
+    "empty range": (lambda d: ["lora.r=range(8,4)"], "lora.r=range(8,4)", "start < stop"),
+    "log interval from 0": (lambda d: ["optim.lr=tag(log,interval(0,1e-3))"], "optim.lr", "0 < low"),
+    "unknown distribution": (lambda d: ["optim.lr=gauss(1,2)"], "gauss", "Available: bool,choice"),
+    "empty choice": (lambda d: ["lora.r=choice()"], "lora.r=choice()", "empty choice is not legal"),
+    "search over an unknown key": (
+        lambda d: ["lora.rnk=choice(8,16)"],
+        "lora.rnk",
+        "keys under lora: ['alpha'",
+    ),
+    "choice with an invalid value": (
+        lambda d: ["lora.dropout=choice(0.0,1.5)"],
+        "lora.dropout",
+        "less than 1",
+    ),
+    "enqueued recipe with a typo": (
+        lambda d: ["hydra.sweeper.enqueue=[{recipe:mine,params:{lora.rnk:8}}]"],
+        "hydra.sweeper.enqueue[0] (mine)",
+        "keys under lora",
+    ),
+    "search space file with two mistakes": (
+        lambda d: [TEST_CONF, "hparams_search=bad_space"],
+        "hydra.sweeper.params.lora.r: Error parsing override 'lora.r=gauss(16, 4)'",
+        "hydra.sweeper.params.optim.lr",  # both reported at once; the grammar is spelled out
+    ),
+    # sweeper options
+    "pruner typo": (lambda d: ["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner", "'median'"),
+    "zero trials": (lambda d: ["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials", ">= 1"),
+    "direction typo": (lambda d: ["hydra.sweeper.direction=minimise"], "minimise", "minimize or maximize"),
+    # what every trial would start from
+    "fixed value every trial refuses": (lambda d: ["lora.dropout=1.5"], "lora.dropout", "less than 1"),
+    "sweep over a missing data file": (
+        lambda d: ["data=jsonl", f"data.path={d / 'nope.jsonl'}"],
+        "nope.jsonl",
+        "no such file",
+    ),
+    # storage URLs
+    "unreachable postgres": (
+        lambda d: ["hydra.sweeper.storage=postgresql+psycopg://nobody:s3cret@127.0.0.1:1/nope"],
+        "postgresql+psycopg://nobody:***@127.0.0.1:1/nope",
+        "sqlite:///relative/path.db",
+    ),
+    "unknown scheme": (lambda d: ["hydra.sweeper.storage=foo://x"], "'foo'", "postgresql+psycopg://user"),
+    "driver not installed": (lambda d: ["hydra.sweeper.storage=mysql://x/y"], "mysql://x/y", "sqlite:///"),
+    "path instead of a URL": (lambda d: ["hydra.sweeper.storage=optuna.db"], "'optuna.db'", "sqlite:///"),
+    "in-memory sqlite": (lambda d: ["hydra.sweeper.storage=sqlite://"], "in-memory", "sqlite:///relative"),
+    "sqlite under a file": (
+        lambda d: [f"hydra.sweeper.storage=sqlite:///{a_file(d)}/optuna.db"],
+        "a-file/optuna.db",
+        "is a file, not a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_bad_sweep_fails_before_any_trial(case: str, tmp_path: Path) -> None:
+    make_overrides, needle, allowed = SWEEP_CASES[case]
+    out = tmp_path / "outputs"
+    result = sweep(out, *make_overrides(tmp_path))
+    assert_clean_failure(result, needle, allowed)
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not (out / "sweeps").exists(), "no study, storage or trial dir may exist"
+    assert not list(tmp_path.rglob("*.db*")), "no database or lock file may be created"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda out: run_train(*TINY, "lora.r=0", output_root=out, env={"HYDRA_FULL_ERROR": "1"}),
+        lambda out: sweep(out, "hydra.sweeper.n_trials=0", env={"HYDRA_FULL_ERROR": "1"}),
+    ],
+    ids=["run", "sweep"],
+)
+def test_full_error_shows_the_traceback(command, tmp_path: Path) -> None:
+    result = command(tmp_path / "outputs")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr, result.stderr[-2000:]

@@ -6,7 +6,8 @@ this module only turns its errors into one message that names every bad dotted k
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,6 +53,11 @@ class EmbeddedRecipe(Schema):
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
+        if self.pretrain_seq_len > self.max_position_embeddings:
+            raise ValueError(
+                f"pretrain_seq_len ({self.pretrain_seq_len}) must be <= max_position_embeddings "
+                f"({self.max_position_embeddings})"
+            )
         return self
 
 
@@ -83,7 +89,7 @@ class LoraConfig(Schema):
     dropout: float = Field(default=0.05, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
     targets: str | list[str] = "all-linear"
-    layers_to_transform: list[int] | int | None = None
+    layers_to_transform: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=0)] | None = None
 
     @field_validator("targets")
     @classmethod
@@ -108,7 +114,7 @@ class OptimConfig(Schema):
     name: Literal["adamw", "paged_adamw_8bit"] = "adamw"
     lr: float = Field(default=2e-4, gt=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     warmup_steps: int | None = Field(default=None, ge=0)  # when set, wins over warmup_ratio
@@ -132,6 +138,17 @@ class DataConfig(Schema):
     def _path_for_files(self) -> DataConfig:
         if self.source in ("jsonl", "text") and not self.path:
             raise ValueError(f"path is required for source '{self.source}' (data.path=/path/to/file)")
+        given = [k for k in ("path", "val_path") if getattr(self, k)]
+        if self.source == "toolcalls" and given:  # silently training on generated data is worse than failing
+            raise ValueError(
+                f"data.{given[0]} is set but data.source is toolcalls, which reads no file; "
+                "choose data=jsonl or data=text for your file, or drop the path"
+            )
+        if self.path and self.val_path and Path(self.path).resolve() == Path(self.val_path).resolve():
+            raise ValueError(
+                "data.val_path is the same file as data.path: val loss would be measured on training data; "
+                "use another file, or drop data.val_path to split off data.val_fraction"
+            )
         return self
 
 
@@ -141,7 +158,8 @@ class TrainerConfig(Schema):
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int = Field(default=1, ge=1)
     val_every_n_steps: int = Field(default=50, gt=0)  # optimizer steps between validations
-    limit_val_batches: int | float | None = None
+    # None: every val batch; an int: that many batches; a float in (0, 1]: that fraction of them.
+    limit_val_batches: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, le=1)] | None = None
     accumulate_grad_batches: int = Field(default=1, ge=1)
     grad_clip: float | None = Field(default=1.0, ge=0)
     val_at_start: bool = True  # the base's val loss, so the gain is visible
@@ -202,28 +220,72 @@ class RunConfig(Schema):
     logger: LoggerConfig
     paths: PathsConfig
 
+    @model_validator(mode="after")
+    def _groups_agree(self) -> RunConfig:
+        """Options that are each valid but contradict one another."""
+        problems = []
+        if self.optim.warmup_steps is not None and self.optim.warmup_steps >= self.trainer.max_steps:
+            problems.append(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be < trainer.max_steps "
+                f"({self.trainer.max_steps}): the learning rate would never leave warmup"
+            )
+        recipe = self.model.embedded
+        if recipe is not None and self.data.max_seq_len > recipe.max_position_embeddings:
+            problems.append(
+                f"data.max_seq_len ({self.data.max_seq_len}) must be <= "
+                f"model.embedded.max_position_embeddings ({recipe.max_position_embeddings})"
+            )
+        layers = self.lora.layers_to_transform
+        layers = [layers] if isinstance(layers, int) else layers or []
+        if recipe is not None and any(k >= recipe.num_layers for k in layers):
+            problems.append(
+                f"lora.layers_to_transform ({self.lora.layers_to_transform}) must index layers "
+                f"0..{recipe.num_layers - 1} of model.embedded (num_layers={recipe.num_layers})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
-def _format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
-    loc = [str(part) for part in err["loc"]]
-    key = ".".join(loc) or "config"
-    if err["type"] == "extra_forbidden":
-        allowed = sorted(_fields_at(root, loc[:-1]))
+
+def _key_of(loc: tuple, root: type[BaseModel]) -> str:
+    """Field names and list indices only: pydantic adds union branch tags such as 'constrained-int'."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(str(part))
+        elif model is not None:
+            parts.append(part)
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field is not None else None
+    return ".".join(parts)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+    return next((a for a in candidates if issubclass(a, BaseModel)), None)
+
+
+def _format_error(key: str, errors: list[dict[str, Any]], root: type[BaseModel]) -> str:
+    """One line per key; a union's branches ('int or float') are merged into that line."""
+    first = errors[0]
+    if not key:  # a check across groups (RunConfig): its message names every key it involves
+        return first["msg"].removeprefix("Value error, ").replace("; ", "\n  ")
+    if first["type"] == "extra_forbidden":
+        allowed = sorted(_fields_at(root, key.split(".")[:-1]))
         return f"{key} is not a key; expected one of {allowed}"
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
+    if first["type"] == "missing":
         return f"{key} is required"
-    return (
-        f"{key}: {message} (got {err['input']!r})"
-        if "input" in err and not isinstance(err["input"], dict)
-        else f"{key}: {message}"
-    )
+    messages = list(dict.fromkeys(err["msg"].removeprefix("Value error, ") for err in errors))
+    message = "; or: ".join(messages)
+    if "input" not in first or isinstance(first["input"], dict):
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {first['input']!r})"
 
 
 def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
     for part in path:
-        annotation = model.model_fields[part].annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        model = next(a for a in candidates if issubclass(a, BaseModel))
+        model = _model_in(model.model_fields[part].annotation)
     return list(model.model_fields)
 
 
@@ -239,5 +301,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_format_error(err, RunConfig) for err in exc.errors()]
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for err in exc.errors():
+            by_key.setdefault(_key_of(err["loc"], RunConfig), []).append(err)
+        problems = [_format_error(key, errors, RunConfig) for key, errors in by_key.items()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None

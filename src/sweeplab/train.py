@@ -290,6 +290,13 @@ def _holds_only_bookkeeping(run_dir: Path) -> bool:
     )
 
 
+def _remove_empty_parents(run_dir: Path, run_name: str) -> None:
+    """A refused run_name=a/b has made runs/a as well: remove the directories its slashes made."""
+    for parent in list(run_dir.parents)[: len(Path(run_name).parts) - 1]:
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
@@ -306,6 +313,9 @@ def main(cfg: DictConfig) -> float:
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if _holds_only_bookkeeping(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was produced: leave no run dir behind
+            _remove_empty_parents(
+                run_dir, str(OmegaConf.select(cfg, "run_name", throw_on_resolution_failure=False))
+            )
         print(f"sweeplab: error: {redact_text(str(err))}", file=sys.stderr)
         sys.exit(2)
 

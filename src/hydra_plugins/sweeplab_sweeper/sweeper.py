@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from hydra_plugins.sweeplab_sweeper import checks
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
@@ -316,9 +317,7 @@ class SweeplabSweeper(Sweeper):
     """Built by Hydra from hydra.sweeper; upstream OptunaSweeper builds its own impl, so we need ours."""
 
     def __init__(self, sampler: DictConfig, **kwargs: Any) -> None:
-        problems = check_options(kwargs)
-        if problems:  # SystemExit passes Hydra's handler: one line per problem, no traceback
-            sys.exit("sweeplab: error: invalid sweeper config:\n  " + "\n  ".join(problems))
+        checks.fail("invalid sweeper config", check_options(kwargs) + checks.option_problems(kwargs))
         extra = {
             k: kwargs.pop(k)
             for k in (
@@ -337,4 +336,10 @@ class SweeplabSweeper(Sweeper):
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        return self.impl.sweep(arguments)
+        impl = self.impl  # everything checked before a storage, study or trial exists
+        space = checks.space_problems(impl.params, arguments, impl.config)
+        checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
+        checks.fail("invalid config for every trial", checks.config_problems(impl.config))
+        url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
+        checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
+        return impl.sweep(arguments)

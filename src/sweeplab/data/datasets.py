@@ -70,11 +70,19 @@ def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], 
         train, truncated_train, dropped_train = encode_chats(train_chats, tokenizer, cfg.max_seq_len)
         val, truncated_val, dropped_val = encode_chats(val_chats, tokenizer, cfg.max_seq_len)
         dropped = dropped_train + dropped_val
-        for name, kept, chats in (("train", train, train_chats), ("val", val, val_chats)):
+        for name, kept, cut, chats in (
+            ("train", train, truncated_train, train_chats),
+            ("val", val, truncated_val, val_chats),
+        ):
             if not kept:
                 raise DataError(
                     f"every {name} example lost all its assistant tokens to truncation at "
                     f"data.max_seq_len={cfg.max_seq_len} ({len(chats)} chats); raise data.max_seq_len"
+                )
+            if chats and cut == len(chats):  # not one chat fits: no end of turn would ever be learned
+                raise DataError(
+                    f"all {cut} of {len(chats)} {name} chats are longer than data.max_seq_len="
+                    f"{cfg.max_seq_len} tokens and would be cut; raise data.max_seq_len"
                 )
     if not train or not val:
         raise DataError(

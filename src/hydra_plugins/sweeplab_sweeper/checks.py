@@ -1,0 +1,199 @@
+"""Sweep inputs checked before any storage, study or trial exists: one line per problem, exit 2.
+
+Without these, a typo in the search space or storage URL surfaced as an Optuna/SQLAlchemy traceback
+after the study was created, or as every trial failing the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution
+
+from sweeplab.config import validate
+from sweeplab.errors import ConfigError, DataError
+
+STORAGES = (
+    "use sqlite:///relative/path.db, sqlite:////absolute/path.db or "
+    "postgresql+psycopg://user:password@host:port/dbname (any SQLAlchemy URL whose driver is installed)"
+)
+SPACE = (
+    "a search space is choice(a, b, ...), range(start, stop[, step]) with start < stop, "
+    "interval(low, high) with low <= high, or tag(log, interval(low, high)) with 0 < low"
+)
+UNSET = object()
+
+
+def fail(what: str, problems: list[str]) -> None:
+    """SystemExit passes Hydra's error handler, so the user sees these lines and no traceback."""
+    if not problems:
+        return
+    message = f"{what}:\n  " + "\n  ".join(problems)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise ConfigError(message)  # the full traceback, as Hydra gives for its own errors
+    print(f"sweeplab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def option_problems(options: dict[str, Any]) -> list[str]:
+    """Keys upstream accepts and then trips over later (a zero-trial study, an Optuna ValueError)."""
+    problems = []
+    if options["n_trials"] < 1:
+        problems.append(f"hydra.sweeper.n_trials must be >= 1, got {options['n_trials']}")
+    direction = options["direction"]
+    names = list(direction) if isinstance(direction, list | ListConfig) else [direction]
+    for name in [getattr(d, "name", d) for d in names]:
+        if name not in ("minimize", "maximize"):
+            problems.append(f"hydra.sweeper.direction must be minimize or maximize, got {name!r}")
+    if options["max_failures"] is not None and options["max_failures"] < 0:
+        problems.append(f"hydra.sweeper.max_failures must be >= 0 or null, got {options['max_failures']}")
+    if (beat := options["heartbeat_interval"]) < 1:
+        problems.append(f"hydra.sweeper.heartbeat_interval must be >= 1 (seconds), got {beat}")
+    if (retries := options["max_retries"]) < 0:
+        problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
+    if not 0 <= (rate := options["max_failure_rate"]) <= 1:
+        problems.append(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {rate}")
+    return problems
+
+
+def space_problems(params: DictConfig | None, arguments: list[str], config: DictConfig) -> list[str]:
+    """Each search-space entry parses, names a real key, and offers only values the config accepts."""
+    sources = [(f"hydra.sweeper.params.{k}", f"{k}={v}") for k, v in (params or {}).items()]
+    sources += [(arg, arg) for arg in arguments]
+    problems = []
+    for where, line in sources:
+        try:
+            distributions, fixed, _ = create_params_from_overrides([line])
+        except Exception as exc:  # noqa: BLE001 - Hydra's parser and Optuna raise several types
+            problems.append(f"{where}: {_oneline(exc)}; {SPACE}")
+            continue
+        for key, dist in distributions.items():
+            problem = _key_problem(key, config)
+            if problem is None:
+                values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
+                problem = _values_problem(key, values, config)
+            if problem:
+                problems.append(f"{where}: {problem}")
+    return problems
+
+
+def enqueue_problems(enqueue: list[Any], config: DictConfig) -> list[str]:
+    """A hand-set recipe runs first in every new study: a typo there fails the first trials."""
+    problems = []
+    for i, recipe in enumerate(enqueue or []):
+        for key, value in recipe["params"].items():
+            problem = _key_problem(key, config) or _values_problem(key, [value], config)
+            if problem:
+                problems.append(f"hydra.sweeper.enqueue[{i}] ({recipe['recipe']}): {problem}")
+    return problems
+
+
+def _oneline(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    # Hydra's first line repeats every override; its last points at a web page.
+    lines = [ln for ln in lines if ln and not ln.startswith(("Error when parsing index", "See https://"))]
+    return "; ".join(ln.rstrip(".") for ln in lines) or type(exc).__name__
+
+
+def _key_problem(key: str, config: DictConfig) -> str | None:
+    if key.startswith(("+", "~", "hydra.", "hydra/")) or "/" in key:
+        return None  # additions, deletions and group paths: Hydra itself checks those per trial
+    if OmegaConf.select(config, key, default=UNSET) is not UNSET:
+        return None
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(config, parent, default=None) if parent else config
+    keys = sorted(k for k in node if k != "hydra") if isinstance(node, DictConfig) else []
+    return f"{key} is not a config key; keys under {parent or 'the root'}: {keys}"
+
+
+def _values_problem(key: str, values: Any, config: DictConfig) -> str | None:
+    """A value the schema refuses would fail every trial that draws it, after the study was created."""
+    if isinstance(OmegaConf.select(config, key), DictConfig):
+        return None  # a config group choice (model=choice(base, tiny)): composed per trial
+    bad = []
+    for value in values:
+        trial = config.copy()
+        OmegaConf.update(trial, key, value, merge=False)
+        try:
+            validate(trial)
+        except ConfigError as err:
+            leaf = [ln.strip() for ln in str(err).splitlines() if key in ln]
+            if leaf:
+                bad.append(f"{value!r} ({leaf[0]})")
+    return f"{key} would be given invalid values: {', '.join(bad)}" if bad else None
+
+
+def config_problems(config: DictConfig) -> list[str]:
+    """The config every trial starts from: a bad fixed value or data file would fail them all."""
+    try:
+        rc = validate(config)
+    except ConfigError as err:
+        return str(err).removeprefix("invalid config:\n").strip().splitlines()
+    if rc.data.source not in ("jsonl", "text"):
+        return []
+    from sweeplab.data.readers import read_jsonl, read_text
+
+    reader = read_jsonl if rc.data.source == "jsonl" else read_text
+    try:
+        for path in (rc.data.path, rc.data.val_path):
+            if path:
+                reader(Path(path))
+    except DataError as err:
+        return [str(err)]
+    return []
+
+
+def storage_problem(url: str) -> str | None:
+    """Parse, load the driver and (for servers) connect once; never print a password."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"hydra.sweeper.storage: {url!r} is not a database URL; {STORAGES}"
+    shown = parsed.render_as_string(hide_password=True)
+    where = f"hydra.sweeper.storage={shown}"
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_problem(where, parsed.database)
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"{where}: unknown database scheme {parsed.drivername!r}; {STORAGES}"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        return f"{where}: the driver for {parsed.drivername!r} is not installed ({exc}); {STORAGES}"
+    connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - every driver has its own errors; the message is what matters
+        reason = _oneline(getattr(exc, "orig", None) or exc)
+        if parsed.password:
+            reason = reason.replace(parsed.password, "***")
+        return f"{where}: cannot connect: {reason}; {STORAGES}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def _sqlite_problem(where: str, database: str | None) -> str | None:
+    if not database or database == ":memory:":
+        return f"{where}: an in-memory database keeps no study for workers or a resume; {STORAGES}"
+    path = Path(database).resolve()
+    if path.is_dir():
+        return f"{where}: {path} is a directory; name a database file in it, e.g. {path / 'optuna.db'}"
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        return f"{where}: cannot create {path.parent}: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{where}: cannot create the database in {existing}: permission denied"
+    return None
