@@ -34,9 +34,22 @@ def save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        _fsync_tree(tmp)
+        # A directory cannot be os.replace'd over a full one: move the old one aside first, so a
+        # crash in between leaves it under a hidden name rather than losing it.
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
         if dest.exists():
-            shutil.rmtree(dest)
+            os.replace(dest, old)
         os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(root: Path) -> None:
+    """Data on disk before the rename: after a power loss the renamed dir must not hold empty files."""
+    for path in root.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
