@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import sqlite3
@@ -98,6 +99,16 @@ def test_sigkill_mid_trial_then_rerun_resumes_the_killed_trial(tmp_path: Path) -
     assert min(retry.intermediate_values) <= min(trials[1].intermediate_values)  # its curve is whole
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and len({t.number for t in done}) == 3  # the total, nothing counted twice
+
+    storage = f"sqlite:///{tmp_path / 'sweeps' / 'optuna.db'}"
+    report = subprocess.run(
+        [sys.executable, "-m", "sweeplab.report", "k", "--storage", storage, "--out", tmp_path / "report"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {r["number"]: r for r in csv.DictReader((tmp_path / "report" / "trials.csv").open())}
+    assert rows[str(retry.number)]["retry_of"] == "1" and rows["1"]["fail_kind"] == "killed"
+    assert rows["1"]["fail_reason"].startswith("killed")
 
 
 def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ def fail_lost_trials(study: optuna.Study, max_retry: int | None) -> None:
     for trial_id, reason in lost.items():
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(trial_id, "fail_kind", reason.split(":")[0])  # killed | lost
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished after all, or another worker failed it first

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 FIXED_COLUMNS = ("number", "state", "value", "steps", "duration_s")
-TAIL_COLUMNS = ("recipe", "fail_reason")
+TAIL_COLUMNS = ("recipe", "retry_of", "fail_kind", "fail_reason")
 DEFAULT_COMMAND = "python -m sweeplab.train"
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -79,6 +79,8 @@ def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
                 "duration_s": duration_s(t),
                 **{key: t.params.get(key) for key in keys},
                 "recipe": t.user_attrs.get("recipe"),
+                "retry_of": t.system_attrs.get("failed_trial"),  # a killed or interrupted trial, run again
+                "fail_kind": t.user_attrs.get("fail_kind"),
                 "fail_reason": t.user_attrs.get("fail_reason"),
             }
         )
@@ -123,9 +125,10 @@ def recipe_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTri
     metric = metric_name(study)
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
     lines = []
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
     for t in sorted(trials, key=lambda t: t.number):
         recipe = t.user_attrs.get("recipe")
-        if not recipe:
+        if not recipe or t.number in retried:  # its retry speaks for the recipe
             continue
         label = f"{recipe} (trial {t.number})"
         if t.value is None or not math.isfinite(t.value):
