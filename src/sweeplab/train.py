@@ -76,10 +76,13 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
     from sweeplab.module import QLoRAModule
     from sweeplab.outputs import save_adapter, write_json
     from sweeplab.precision import resolve_placement
+    from sweeplab.resume import DataPosition, EpochSeededSampler, check_checkpoint
     from sweeplab.trainer import build_trainer
 
     started = time.perf_counter()
     ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
+    if ckpt is not None:
+        check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     L.seed_everything(rc.seed, workers=True, verbose=False)
     placement = resolve_placement(rc.trainer)
 
@@ -90,13 +93,14 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps)
 
     collate = PadCollator(tokenizer.pad_token_id)
-    generator = torch.Generator().manual_seed(rc.data.seed)
+    # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.
+    sampler = EpochSeededSampler(len(train_set), rc.data.seed)
     train_loader = DataLoader(
         train_set,
         batch_size=rc.data.batch_size,
-        shuffle=True,
+        sampler=sampler,
         collate_fn=collate,
-        generator=generator,
+        generator=torch.Generator().manual_seed(rc.data.seed),  # worker seeds; keeps torch's RNG untouched
         num_workers=rc.data.num_workers,
     )
     val_loader = DataLoader(
@@ -109,10 +113,11 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
 
         pruning = [PruningCallback(trial)]
         trial.set_user_attr("run_dir", str(run_dir))
-    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, pruning)
+    extra = [DataPosition(sampler, rc.data.batch_size), *pruning]
+    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, extra)
     if rc.trainer.val_at_start and ckpt is None:
         trainer.validate(module, val_loader, verbose=False)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
     if pruning and pruning[0].pruned_at is not None:
         import optuna
 
