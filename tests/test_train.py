@@ -87,7 +87,9 @@ def test_adapter_reloads_with_plain_peft(tiny_run: Path) -> None:
     mask = targets != -100
     loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask], targets[mask]).item()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert loss == pytest.approx(metrics["best_val_loss"], abs=1e-4)
+    # A plain client's bitsandbytes repacks the 4-bit weights for its avx512-bf16 eval kernel (training
+    # turns that off): measured 1.1e-4 off with it, 5e-7 without, on a CPU that has avx512_bf16.
+    assert loss == pytest.approx(metrics["best_val_loss"], abs=5e-4)
 
 
 def test_same_seed_same_losses(tiny_run: Path, tmp_path: Path) -> None:

@@ -42,8 +42,10 @@ class GracefulStop(L.Callback):
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        # Lightning has stepped the optimizer and the lr scheduler by now, and resumes a checkpoint
+        # saved here as "restarted on train batch end". Mid-accumulation is no point to resume from.
         if not self.requested or trainer.fit_loop.epoch_loop._should_accumulate():
-            return  # mid-accumulation the optimizer has not stepped: not a resumable point
+            return
         trainer.save_checkpoint(self.ckpt_path)
         raise Interrupted(
             f"{self.requested} at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}"

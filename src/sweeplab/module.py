@@ -14,6 +14,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from sweeplab.config import OptimConfig
 from sweeplab.errors import DivergedError
+from sweeplab.resume import rng_state, set_rng_state
 
 
 def warmup_steps(optim: OptimConfig, max_steps: int) -> int:
@@ -61,6 +62,7 @@ class QLoRAModule(L.LightningModule):
         self.train_tokens = 0
         self.train_seconds = 0.0
         self._batch_start = 0.0
+        self._rng_to_restore: dict[str, Any] | None = None
 
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -75,6 +77,9 @@ class QLoRAModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # first step after a resume: LoRA dropout as if never stopped
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -132,6 +137,7 @@ class QLoRAModule(L.LightningModule):
             "best_state": self.best_state,
             "train_tokens": self.train_tokens,
             "train_seconds": self.train_seconds,
+            "rng": rng_state(),  # restored at the next training step, so nothing drawn before it counts
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -140,6 +146,7 @@ class QLoRAModule(L.LightningModule):
         self.best_state = saved.get("best_state")
         self.train_tokens = saved.get("train_tokens", 0)
         self.train_seconds = saved.get("train_seconds", 0.0)
+        self._rng_to_restore = saved.get("rng")
 
     # --- optimizer ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -74,15 +74,19 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.interrupt import GracefulStop
     from sweeplab.loggers import build_logger
     from sweeplab.model import build_model, count_parameters, load_tokenizer, resolve_model_dir
     from sweeplab.module import QLoRAModule
     from sweeplab.outputs import save_adapter, write_json
     from sweeplab.precision import resolve_placement
+    from sweeplab.resume import DataPosition, EpochSeededSampler, check_checkpoint
     from sweeplab.trainer import build_trainer
 
     started = time.perf_counter()
     ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
+    if ckpt is not None:
+        check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     L.seed_everything(rc.seed, workers=True, verbose=False)
     placement = resolve_placement(rc.trainer)
 
@@ -93,20 +97,19 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps)
 
     collate = PadCollator(tokenizer.pad_token_id)
-    generator = torch.Generator().manual_seed(rc.data.seed)
+    # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.
+    sampler = EpochSeededSampler(len(train_set), rc.data.seed)
     train_loader = DataLoader(
         train_set,
         batch_size=rc.data.batch_size,
-        shuffle=True,
+        sampler=sampler,
         collate_fn=collate,
-        generator=generator,
+        generator=torch.Generator().manual_seed(rc.data.seed),  # worker seeds; keeps torch's RNG untouched
         num_workers=rc.data.num_workers,
     )
     val_loader = DataLoader(
         val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate, num_workers=rc.data.num_workers
     )
-
-    from sweeplab.interrupt import GracefulStop
 
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
     # Only the class each entry names: a nested _target_ inside its arguments would be refused.
@@ -122,13 +125,12 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
         trial.set_user_attr("models_alive_at_start", _models_alive(module))
         if placement.device != "cpu":
             trial.set_user_attr("cuda_mem_at_start_mb", torch.cuda.memory_allocated() / 2**20)
-    trainer = build_trainer(
-        rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, [*extra, *pruning]
-    )
+    extra = [*extra, DataPosition(sampler, rc.data.batch_size), *pruning]
+    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, extra)
     with translate_faults(rc, trainer):
         if rc.trainer.val_at_start and ckpt is None:
             trainer.validate(module, val_loader, verbose=False)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
     if pruning and pruning[0].pruned_at is not None:
         import optuna
 

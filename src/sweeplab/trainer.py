@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import Logger
 
 from sweeplab.config import RunConfig
 from sweeplab.precision import Placement
+from sweeplab.resume import AtomicCheckpointIO
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -97,6 +98,7 @@ def build_trainer(
         gradient_clip_val=rc.trainer.grad_clip,
         logger=logger,
         callbacks=[*build_callbacks(rc, run_dir), *extra],
+        plugins=[AtomicCheckpointIO()],  # checkpoints appear whole or not at all; loaded weights-only
         log_every_n_steps=rc.trainer.log_every_n_steps,
         enable_progress_bar=rc.trainer.enable_progress_bar,
         enable_model_summary=False,

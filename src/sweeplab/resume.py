@@ -1,0 +1,159 @@
+"""Resume after a kill as if nothing happened: data order, RNG states, checkpoint files that are whole."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import Sampler
+
+from sweeplab.errors import ConfigError
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A shuffle drawn from (seed, epoch) alone, so a resumed run redraws it and skips what it trained on.
+
+    torchdata's StatefulDataLoader (0.11.0) resumes the current epoch, but every later epoch comes out in
+    another order than an uninterrupted run's: it saves its generator from the epoch start, not the draws
+    the loader makes from it afterwards. Nothing here carries state between epochs.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0  # samples of this epoch already trained on; used once, by the next iteration
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # Lightning calls this at every epoch start
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(range(self.n))
+        random.Random(f"{self.seed}/{self.epoch}").shuffle(order)  # str seed: stable across runs
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
+
+
+class DataPosition(Callback):
+    """Saves (epoch, batches done) with each checkpoint and sets the sampler there on resume.
+
+    Set on load, before Lightning creates the first iterator (eagerly, with worker processes); the
+    batches the sampler skips are the ones Lightning counts as done, so the epoch still ends on time.
+    """
+
+    def __init__(self, sampler: EpochSeededSampler, batch_size: int) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, int]:
+        if self.trainer is None:
+            return {}
+        fit_loop = self.trainer.fit_loop
+        return {
+            "epoch": fit_loop.epoch_progress.current.processed,
+            # processed, not completed: a save in on_train_batch_end (Ctrl-C) comes before Lightning
+            # marks the batch completed, though its optimizer step is done.
+            "batches": fit_loop.epoch_loop.batch_progress.current.processed,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state:
+            return
+        # Lightning checks the DataLoader, not its sampler, and would call this resume unreliable.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        epoch, batches = state["epoch"], state["batches"]
+        per_epoch = -(-self.sampler.n // self.batch_size)  # ceil: the last batch may be short
+        if batches >= per_epoch:  # saved at the epoch's last batch: the next epoch starts fresh
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = batches * self.batch_size
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, CUDA, python and numpy generator states as tensors and plain values: weights-only loadable."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": (version, torch.tensor(mt, dtype=torch.int64), gauss),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written next to their target and renamed into place; loaded weights-only.
+
+    Lightning's own save writes to tempfile.mkstemp() (the system temp dir) and then shutil.move()s it:
+    a rename when that dir is on the checkpoint's filesystem, but a copy over the old file when it is
+    not (a tmpfs /tmp, a scratch mount), so a kill mid-copy leaves a truncated last.ckpt and no old one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic on one filesystem: the old file or the new one, never half
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        # A checkpoint is a pickle: only tensors and plain containers may come out of it, never code.
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def check_checkpoint(path: str) -> None:
+    """Refuse a checkpoint before any weights load: one whose pickle would run code, or a broken file."""
+    try:
+        # mmap: the pickle is checked without reading the tensors' bytes (zip format only)
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it calls {found.group(1)}" if found else "it holds more than tensors and plain values"
+        raise ConfigError(
+            f"ckpt_path: refusing to unpickle {path}: {what}; resume only from checkpoints sweeplab wrote"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a file torch cannot read is no checkpoint to resume from
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"ckpt_path: {path} is not a readable checkpoint (truncated?): {reason}") from None
