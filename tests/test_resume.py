@@ -124,6 +124,9 @@ def test_a_finished_run_is_never_overwritten(tmp_path: Path) -> None:
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "metrics.json").write_text('{"final_val_loss": 1.0}')
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"finished weights")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- the finished run's own overrides\n")
+    (run_dir / "train.log").write_text("the finished run's log\n")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     for extra in ([], ["ckpt_path=last"]):
         result = run_train(*TINY, "run_name=done", *extra, output_root=tmp_path)

@@ -28,6 +28,7 @@ from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("sweeplab.train")
+TRUSTED_TARGETS = ["sweeplab.*", "hydra_plugins.*", "hydra._internal.*", "optuna.samplers.*", "logging.*"]
 
 
 def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str | None:
@@ -68,7 +69,7 @@ def preflight_data(rc: RunConfig) -> None:
             reader(Path(path))
 
 
-def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> float:
+def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: Any = None) -> float:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -80,13 +81,10 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, trial: Any = None) -> floa
     from sweeplab.module import QLoRAModule
     from sweeplab.outputs import save_adapter, write_json
     from sweeplab.precision import resolve_placement
-    from sweeplab.resume import DataPosition, EpochSeededSampler, check_checkpoint
+    from sweeplab.resume import DataPosition, EpochSeededSampler
     from sweeplab.trainer import build_trainer
 
     started = time.perf_counter()
-    ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
-    if ckpt is not None:
-        check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     L.seed_everything(rc.seed, workers=True, verbose=False)
     placement = resolve_placement(rc.trainer)
 
@@ -250,6 +248,11 @@ def run(cfg: DictConfig) -> float:
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_data(rc)
+    ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
+    if ckpt is not None:
+        from sweeplab.resume import check_checkpoint
+
+        check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))  # also what W&B logs
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     redact_hydra_files(run_dir, hydra_cfg)
@@ -260,7 +263,7 @@ def run(cfg: DictConfig) -> float:
         trial = trial_from_env(HydraConfig.get().sweeper)
     failed = True
     try:
-        objective = fit(rc, run_dir, resolved, trial)
+        objective = fit(rc, run_dir, resolved, ckpt, trial)
         failed = False
         return objective
     finally:
@@ -299,7 +302,8 @@ def _remove_empty_parents(run_dir: Path, run_name: str) -> None:
             parent.rmdir()
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train")
+# Targets any config may instantiate: our own classes, Hydra plugins, Optuna samplers, Python logging.
+@hydra.main(config_path=CONF_DIR, config_name="train", execution_whitelist=TRUSTED_TARGETS)
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:

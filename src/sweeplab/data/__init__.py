@@ -1,20 +1,27 @@
-"""Chat and text data: generated tool calls or user files -> tokenized, assistant-masked, cached examples."""
+"""Chat and text data: generated tool calls or user files -> tokenized, assistant-masked, cached examples.
 
-from sweeplab.data.collate import PadCollator
-from sweeplab.data.datasets import DataStats, build_datasets
-from sweeplab.data.readers import read_jsonl, read_text
-from sweeplab.data.tokenize import IGNORE, tokenize_chat, tokenize_text
-from sweeplab.data.toolcalls import generate_chats, train_val_chats
+Names load on first use: checking a user's data file (readers) must not import torch (~5 s).
+"""
 
-__all__ = [
-    "IGNORE",
-    "DataStats",
-    "PadCollator",
-    "build_datasets",
-    "generate_chats",
-    "read_jsonl",
-    "read_text",
-    "tokenize_chat",
-    "tokenize_text",
-    "train_val_chats",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "PadCollator": "collate",
+    "DataStats": "datasets",
+    "build_datasets": "datasets",
+    "read_jsonl": "readers",
+    "read_text": "readers",
+    "IGNORE": "tokenize",
+    "tokenize_chat": "tokenize",
+    "tokenize_text": "tokenize",
+    "generate_chats": "toolcalls",
+    "train_val_chats": "toolcalls",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'sweeplab.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sweeplab.data.{_HOMES[name]}"), name)
