@@ -111,7 +111,7 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = load(tmp_path, "diverging").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert "nan" in trials[0].user_attrs["fail_reason"]
+    assert "nan" in trials[0].user_attrs["fail_reason"] and trials[0].user_attrs["fail_kind"] == "diverged"
 
 
 def test_two_workers_share_one_study(tmp_path: Path) -> None:
