@@ -99,6 +99,7 @@ def test_rerun_resumes_to_the_total(five_trials: Path) -> None:
 def test_hopeless_lr_corner_is_pruned(tmp_path: Path) -> None:
     result = sweep(tmp_path, TEST_CONF, "hparams_search=hopeless_corner")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Error executing job" not in result.stderr  # pruning is no error
     trials = load(tmp_path, "hopeless").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     for t in trials[1:]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -272,6 +273,9 @@ def fail_kind(exc: BaseException) -> str:
 
 def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]:
     """(state, value, fail_reason, fail_kind) of a finished job."""
+    if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
+        # Read directly: Hydra's return_value getter prints "Error executing job", and pruning is no error.
+        return TrialState.PRUNED, None, None, None
     try:
         value = float(ret.return_value)  # re-raises the job's exception
     except optuna.TrialPruned:
