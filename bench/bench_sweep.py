@@ -162,8 +162,8 @@ def write_section(args: argparse.Namespace, table: str, s: dict) -> None:
 ({args.n_val} val examples), `model={args.model}`; {args.trials} trials per sweep of at most \
 {args.max_steps} optimizer steps, val/loss every {args.val_every} steps; enqueued recipes off for both.
 **{SEARCH}**: multivariate TPE ({args.startup} random start-up trials) + median pruner (after 4 complete
-trials, from the first validation). **{BASELINE}**: random sampler, no pruning. Sweeps with the same seed start with
-the same random trials, so seeds pair up; seeds interleaved, each sweep its own study.
+trials, from the first validation). **{BASELINE}**: random sampler, no pruning. Sweeps with the same
+seed start with the same random trials, so seeds pair up; seeds interleaved, each sweep its own study.
 
 Best val/loss of any complete trial: {s["best"]}. A hit is a complete trial <= {s["target"]}.
 Steps to within 1% = optimizer steps of every trial, pruned ones included, up to and including the
