@@ -210,11 +210,14 @@ def translate_faults(rc: RunConfig, trainer: Any) -> Iterator[None]:
 def _models_alive(current: Any) -> int:
     """QLoRAModules in this process other than the current one."""
     import gc
+    import warnings
 
     from sweeplab.module import QLoRAModule
 
     gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, QLoRAModule) and o is not current]
+    with warnings.catch_warnings():  # isinstance on some lazy module proxies warns of deprecations
+        warnings.simplefilter("ignore")
+        alive = [o for o in gc.get_objects() if isinstance(o, QLoRAModule) and o is not current]
     return len(alive)
 
 
