@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution
 
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
+from sweeplab.trial import PRUNERS
 
 STORAGES = (
     "use sqlite:///relative/path.db, sqlite:////absolute/path.db or "
@@ -43,6 +44,13 @@ def fail(what: str, problems: list[str]) -> None:
 def option_problems(options: dict[str, Any]) -> list[str]:
     """Keys upstream accepts and then trips over later (a zero-trial study, an Optuna ValueError)."""
     problems = []
+    if options["pruner"] not in PRUNERS:
+        problems.append(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {options['pruner']!r}")
+    for i, recipe in enumerate(options["enqueue"] or []):
+        if not isinstance(recipe, dict | DictConfig) or set(recipe) != {"recipe", "params"}:
+            problems.append(f"hydra.sweeper.enqueue[{i}] must be {{recipe: NAME, params: {{key: value}}}}")
+    if options["n_jobs"] < 1:
+        problems.append(f"hydra.sweeper.n_jobs must be >= 1, got {options['n_jobs']}")
     if options["n_trials"] < 1:
         problems.append(f"hydra.sweeper.n_trials must be >= 1, got {options['n_trials']}")
     direction = options["direction"]

@@ -34,7 +34,7 @@ from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckp
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
 from sweeplab.secrets import install_log_redaction, redact_text
-from sweeplab.trial import PRUNERS, TRIAL_ENV
+from sweeplab.trial import TRIAL_ENV
 
 log = logging.getLogger(__name__)
 # Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
@@ -230,18 +230,6 @@ class SweepInterrupted(Exception):
     """Ctrl-C or SIGTERM: the trial is stored FAIL, its params queued again, the sweep stops."""
 
 
-def check_options(options: dict[str, Any]) -> list[str]:
-    problems = []
-    if options["pruner"] not in PRUNERS:
-        problems.append(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {options['pruner']!r}")
-    for i, recipe in enumerate(options["enqueue"] or []):
-        if not isinstance(recipe, dict | DictConfig) or set(recipe) != {"recipe", "params"}:
-            problems.append(f"hydra.sweeper.enqueue[{i}] must be {{recipe: NAME, params: {{key: value}}}}")
-    if options["n_jobs"] < 1:
-        problems.append(f"hydra.sweeper.n_jobs must be >= 1, got {options['n_jobs']}")
-    return problems
-
-
 def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
     """Optuna beats only inside study.optimize(); ask/tell sweeps must do it themselves."""
     while True:
@@ -321,7 +309,7 @@ class SweeplabSweeper(Sweeper):
     """Built by Hydra from hydra.sweeper; upstream OptunaSweeper builds its own impl, so we need ours."""
 
     def __init__(self, sampler: DictConfig, **kwargs: Any) -> None:
-        checks.fail("invalid sweeper config", check_options(kwargs) + checks.option_problems(kwargs))
+        checks.fail("invalid sweeper config", checks.option_problems(kwargs))
         extra = {
             k: kwargs.pop(k)
             for k in (
