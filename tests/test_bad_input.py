@@ -8,9 +8,7 @@ that need the tokenizer import torch and build the tiny base once per session.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -219,23 +217,7 @@ QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra.sweeper.n_
 
 
 def sweep(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sweeplab.train",
-            "--multirun",
-            *SMALL,
-            *QLORA,
-            f"paths.output_root={out}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_train("--multirun", *SMALL, *QLORA, *overrides, output_root=out, env=env, timeout=300)
 
 
 def a_file(d: Path) -> Path:

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_train
 
 SMALL = [
     "model=tiny",
@@ -28,22 +28,7 @@ TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
 
 
 def sweep(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sweeplab.train",
-            "--multirun",
-            *SMALL,
-            f"paths.output_root={out}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_train("--multirun", *SMALL, *overrides, output_root=out, timeout=900)
 
 
 def load(out: Path, name: str) -> optuna.Study:
