@@ -55,8 +55,9 @@ BAD_LINES = [
     ('{"chat": []}', "expected one"),
     ('{"messages": "hi"}', "expected one"),
     ('{"messages": ["hi"]}', r"messages\[0\] is not an object"),
-    ('{"messages": [{"content": "hi"}]}', "role is missing; allowed roles: system, user, assistant"),
-    ('{"messages": [{"role": "tool", "content": "x"}]}', "role is 'tool'; allowed roles: system, user"),
+    ('{"messages": [{"content": "hi"}]}', "role is missing; allowed roles: system, user, assistant, tool"),
+    ('{"messages": [{"role": "function", "content": "x"}]}', "role is 'function'; allowed roles: system"),
+    ('{"messages": [{"role": "tool", "content": "x"}]}', "no assistant turn"),  # tool results are valid input
     ('{"messages": [{"role": "user", "content": 3}]}', "content must be a string"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
     ('{"messages": []}', "no assistant turn"),

@@ -13,6 +13,8 @@ _HOMES = {
     "read_jsonl": "readers",
     "read_text": "readers",
     "IGNORE": "tokenize",
+    "prompt_ids": "tokenize",
+    "render_inputs": "tokenize",
     "tokenize_chat": "tokenize",
     "tokenize_text": "tokenize",
     "generate_chats": "toolcalls",

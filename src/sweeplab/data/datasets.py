@@ -119,7 +119,7 @@ def split(cfg: DataConfig, load) -> tuple[list, list]:
 def encode_chats(chats: list[dict], tokenizer, max_seq_len: int) -> tuple[list[dict], int, int]:
     examples, truncated, dropped = [], 0, 0
     for chat in chats:
-        ids, labels, cut = tokenize_chat(tokenizer, chat["messages"], max_seq_len)
+        ids, labels, cut = tokenize_chat(tokenizer, chat["messages"], max_seq_len, chat.get("tools"))
         truncated += cut
         # Position 0 is never predicted (the model shifts labels left), so it does not count.
         if all(label == IGNORE for label in labels[1:]):
