@@ -47,6 +47,9 @@ TINY = [
     "trainer.val_every_n_steps=8",
     "trainer.enable_progress_bar=false",
     "optim.lr=3e-3",
+    "eval.n_generate=8",  # tool-call scoring stays on, on a few chats: decoding is the slow part
+    "eval.max_new_tokens=24",
+    "data.n_test=8",
 ]
 
 

@@ -175,7 +175,34 @@ CASES = {
         "val.jsonl:1",
         '{"messages"',
     ),
-    # these two need the tokenizer (torch import, tiny base built once per session)
+    # the objective
+    "unknown objective metric": (lambda d: ["objective.metric=val/f1"], "objective.metric", "val/tool_exact"),
+    "objective direction against its metric": (
+        lambda d: ["objective.metric=val/tool_exact", "objective.direction=minimize"],
+        "contradicts metric=val/tool_exact",
+        "objective.direction=maximize",
+    ),
+    "tool objective without generation": (
+        lambda d: ["objective.metric=val/tool_exact", "eval.n_generate=0"],
+        "objective.metric=val/tool_exact",
+        "eval.n_generate > 0",
+    ),
+    "test file is the train file": (
+        lambda d: jsonl(d, "train.jsonl", GOOD_LINE * 4, f"data.test_path={d / 'train.jsonl'}"),
+        "data.test_path",
+        "held out",
+    ),
+    "missing test file": (
+        lambda d: jsonl(d, "train.jsonl", GOOD_LINE * 4, f"data.test_path={d / 'test_nope.jsonl'}"),
+        "test_nope.jsonl",
+        "no such file",
+    ),
+    # these need the tokenizer (torch import, tiny base built once per session)
+    "tool objective on chats without tool calls": (
+        lambda d: jsonl(d, "prose.jsonl", GOOD_LINE * 8, "objective.metric=val/tool_exact"),
+        "none of the 1 val chats ends in an assistant tool call",
+        "objective.metric=val/loss",
+    ),
     "every chat longer than max_seq_len": (
         lambda d: jsonl(d, "long.jsonl", LONG, "data.max_seq_len=16"),
         "train chats are longer than data.max_seq_len=16",
@@ -225,6 +252,11 @@ def a_file(d: Path) -> Path:
 
 
 SWEEP_CASES = {
+    "sweep direction against the objective": (
+        lambda d: ["hydra.sweeper.direction=minimize", "objective.metric=val/tool_exact"],
+        "hydra.sweeper.direction=minimize contradicts objective.metric=val/tool_exact",
+        "hydra.sweeper.direction=auto",
+    ),
     # search spaces
     "empty interval": (
         lambda d: ["optim.lr=interval(1e-3,1e-5)"],

@@ -125,8 +125,10 @@ class DataConfig(Schema):
     source: Literal["toolcalls", "jsonl", "text"] = "toolcalls"
     path: str | None = None
     val_path: str | None = None
+    test_path: str | None = None  # jsonl only: held-out chats scored once at the end
     n_train: int = Field(default=2000, gt=0)  # toolcalls only
     n_val: int = Field(default=200, gt=0)  # toolcalls only
+    n_test: int = Field(default=200, ge=0)  # toolcalls only: its own stream, minus train and val chats
     val_fraction: float = Field(default=0.1, gt=0, lt=1)  # jsonl/text without val_path
     max_seq_len: int = Field(default=256, ge=8)
     batch_size: int = Field(default=8, gt=0)
@@ -138,7 +140,7 @@ class DataConfig(Schema):
     def _path_for_files(self) -> DataConfig:
         if self.source in ("jsonl", "text") and not self.path:
             raise ValueError(f"path is required for source '{self.source}' (data.path=/path/to/file)")
-        given = [k for k in ("path", "val_path") if getattr(self, k)]
+        given = [k for k in ("path", "val_path", "test_path") if getattr(self, k)]
         if self.source == "toolcalls" and given:  # silently training on generated data is worse than failing
             raise ValueError(
                 f"data.{given[0]} is set but data.source is toolcalls, which reads no file; "
@@ -148,6 +150,15 @@ class DataConfig(Schema):
             raise ValueError(
                 "data.val_path is the same file as data.path: val loss would be measured on training data; "
                 "use another file, or drop data.val_path to split off data.val_fraction"
+            )
+        if self.test_path and self.source != "jsonl":
+            raise ValueError("data.test_path holds chats: it needs data=jsonl")
+        held_in = [k for k in ("path", "val_path") if getattr(self, k)]
+        if self.test_path and any(
+            Path(getattr(self, k)).resolve() == Path(self.test_path).resolve() for k in held_in
+        ):
+            raise ValueError(
+                "data.test_path is the same file as data.path or data.val_path: a test split must be held out"
             )
         return self
 
@@ -165,6 +176,68 @@ class TrainerConfig(Schema):
     val_at_start: bool = True  # the base's val loss, so the gain is visible
     log_every_n_steps: int = Field(default=5, gt=0)
     enable_progress_bar: bool = True
+
+
+# What each validation metric measures and which way is better. The generation metrics come from
+# greedy-decoding validation chats and scoring their tool calls (sweeplab.eval).
+OBJECTIVE_METRICS: dict[str, str] = {
+    "val/loss": "minimize",
+    "val/ppl": "minimize",
+    "val/acc": "maximize",  # next-token accuracy on assistant tokens
+    "val/json_valid": "maximize",
+    "val/tool_name_acc": "maximize",
+    "val/args_acc": "maximize",
+    "val/tool_exact": "maximize",
+}
+GENERATION_METRICS = ("val/json_valid", "val/tool_name_acc", "val/args_acc", "val/tool_exact")
+
+
+class ObjectiveConfig(Schema):
+    """The one number a run is judged by: early stopping, best checkpoint, adapter, pruning, the sweep."""
+
+    metric: str = "val/loss"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: the metric's own sense
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in OBJECTIVE_METRICS:
+            raise ValueError(f"must be one of {list(OBJECTIVE_METRICS)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> ObjectiveConfig:
+        sense = OBJECTIVE_METRICS[self.metric]
+        if self.direction not in ("auto", sense):
+            better = "lower" if sense == "minimize" else "higher"
+            raise ValueError(
+                f"direction={self.direction} contradicts metric={self.metric} "
+                f"({better} is better); use objective.direction={sense} or auto"
+            )
+        return self
+
+    @property
+    def resolved_direction(self) -> str:
+        return OBJECTIVE_METRICS[self.metric]
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """Lightning's word for the direction."""
+        return "min" if self.resolved_direction == "minimize" else "max"
+
+    @property
+    def needs_generation(self) -> bool:
+        return self.metric in GENERATION_METRICS
+
+
+class EvalConfig(Schema):
+    """Tool-call accuracy from greedy decoding of validation chats, and the held-out test split."""
+
+    n_generate: int = Field(default=64, ge=0)  # val chats decoded at a generating validation; 0: off
+    generate_every: int = Field(default=1, ge=1)  # every Nth validation generates; the last always does
+    batch_size: int = Field(default=16, gt=0)  # prompts decoded together (left-padded, KV cache on)
+    max_new_tokens: int | None = Field(default=None, gt=0)  # None: longest reference call + 16 tokens
+    test: bool = True  # score the final adapter and the untouched base on the test split
 
 
 class EarlyStoppingConfig(Schema):
@@ -219,6 +292,8 @@ class RunConfig(Schema):
     callbacks: CallbacksConfig
     logger: LoggerConfig
     paths: PathsConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _groups_agree(self) -> RunConfig:
@@ -242,6 +317,19 @@ class RunConfig(Schema):
                 f"lora.layers_to_transform ({self.lora.layers_to_transform}) must index layers "
                 f"0..{recipe.num_layers - 1} of model.embedded (num_layers={recipe.num_layers})"
             )
+        if self.objective.needs_generation:
+            metric = self.objective.metric
+            if self.data.source == "text":
+                problems.append(
+                    f"objective.metric={metric} scores generated tool calls, but data.source=text has no "
+                    "chats: use data=toolcalls or data=jsonl, or objective.metric=val/loss"
+                )
+            if self.eval.n_generate == 0 or self.eval.generate_every != 1:
+                problems.append(
+                    f"objective.metric={metric} is measured only at validations that generate: set "
+                    f"eval.n_generate > 0 (got {self.eval.n_generate}) and eval.generate_every=1 "
+                    f"(got {self.eval.generate_every})"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

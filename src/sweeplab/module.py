@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.aggregation import MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from sweeplab.config import OptimConfig
+from sweeplab.config import ObjectiveConfig, OptimConfig
 from sweeplab.errors import DivergedError
 from sweeplab.resume import rng_state, set_rng_state
 
@@ -49,11 +49,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_st
 class QLoRAModule(L.LightningModule):
     """Runs the model; keeps the val history and the best LoRA weights for the outputs."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, max_steps: int) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: OptimConfig,
+        max_steps: int,
+        objective: ObjectiveConfig | None = None,
+        evaluator: Any = None,  # sweeplab.eval.generate.ToolCallEvaluator: tool calls scored at validations
+        generate_every: int = 1,
+    ) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
+        self.objective = objective or ObjectiveConfig()
+        self.evaluator = evaluator
+        self.generate_every = generate_every
+        self.predictions: list[dict] = []  # the last generating validation's, one record per chat
         self.strict_loading = False  # checkpoints hold the trainable (LoRA) weights only
         self.val_loss = MeanMetric()  # token-weighted over the whole val set
         self.val_acc = MeanMetric()
@@ -113,12 +125,36 @@ class QLoRAModule(L.LightningModule):
         self.val_loss.reset()
         self.val_acc.reset()
         ppl = math.exp(min(loss, 50.0))
-        self.log_dict({"val/loss": loss, "val/ppl": ppl, "val/acc": acc}, prog_bar=True)
         entry = {"step": self.global_step, "val/loss": loss, "val/ppl": ppl, "val/acc": acc}
+        if self._generation_due():
+            scores, self.predictions = self.evaluator.run(self.model)
+            entry |= {f"val/{name}": value for name, value in scores.items()}
+        shown = {
+            "val/loss",
+            self.objective.metric,
+        }  # the progress bar: the loss and what the run is judged by
+        self.log_dict({k: v for k, v in entry.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in entry.items() if k not in shown and k != "step"})
         trained = self.global_step > 0
-        if trained and all(loss < h["val/loss"] for h in self.val_history if h["step"] > 0):
+        if trained and all(self.better(entry, h) for h in self.val_history if h["step"] > 0):
             self.best_state = {k: v.detach().clone() for k, v in self._trainable_state().items()}
         self.val_history.append(entry)
+
+    def _generation_due(self) -> bool:
+        """Every generate_every-th validation (the first included), and always the last one."""
+        if self.evaluator is None:
+            return False
+        final = self.global_step >= self.max_steps or (
+            self.trainer.state.fn == "validate" and self.global_step > 0  # the run's closing validation
+        )
+        return final or len(self.val_history) % self.generate_every == 0
+
+    def better(self, a: dict[str, float], b: dict[str, float]) -> bool:
+        """a beats b on the objective; an accuracy tie goes to the lower val/loss."""
+        metric = self.objective.metric
+        if a[metric] != b[metric]:
+            return a[metric] < b[metric] if self.objective.mode == "min" else a[metric] > b[metric]
+        return a["val/loss"] < b["val/loss"]
 
     # --- best weights and checkpoints ---------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

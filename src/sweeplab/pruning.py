@@ -1,4 +1,4 @@
-"""A Lightning callback that reports val/loss to the job's Optuna trial and stops hopeless ones."""
+"""A Lightning callback that reports the objective to the job's Optuna trial and stops hopeless ones."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class PruningCallback(L.Callback):
-    """Reports val/loss at the optimizer step of every validation and stops a hopeless trial.
+    """Reports the objective at the optimizer step of every validation and stops a hopeless trial.
 
     optuna-integration's PyTorchLightningPruningCallback reports per epoch; sweeplab validates
     several times per epoch, which that callback would collapse into one point.
@@ -33,4 +33,6 @@ class PruningCallback(L.Callback):
         if self.trial.should_prune():
             self.pruned_at = trainer.global_step
             trainer.should_stop = True
-            log.info("trial %d pruned at step %d (val/loss %.4f)", self.trial.number, self.pruned_at, value)
+            log.info(
+                "trial %d pruned at step %d (%s %.4f)", self.trial.number, self.pruned_at, self.monitor, value
+            )

@@ -1,4 +1,4 @@
-"""One QLoRA run: validate -> build -> fit -> write outputs -> return the objective (best val/loss).
+"""One QLoRA run: validate -> build -> fit -> write outputs -> return the objective (default best val/loss).
 
 python -m sweeplab.train                                  # model=base lora=r16, W&B offline
 python -m sweeplab.train model=base lora=r16 optim.lr=3e-4 trainer.max_steps=200
@@ -64,7 +64,7 @@ def preflight_data(rc: RunConfig) -> None:
     reader = {"jsonl": read_jsonl, "text": read_text}.get(rc.data.source)
     if reader is None:
         return
-    for path in (rc.data.path, rc.data.val_path):
+    for path in (rc.data.path, rc.data.val_path, rc.data.test_path):
         if path:
             reader(Path(path))
 
@@ -75,6 +75,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
     from sweeplab.interrupt import GracefulStop
     from sweeplab.loggers import build_logger
     from sweeplab.model import build_model, count_parameters, load_tokenizer, resolve_model_dir
@@ -91,8 +92,11 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     tokenizer = load_tokenizer(model_dir, rc.model.trust_remote_code)
     train_set, val_set, stats = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
+    val_eval, test_eval = build_evaluators(rc, tokenizer)
     model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device)
-    module = QLoRAModule(model, rc.optim, rc.trainer.max_steps)
+    module = QLoRAModule(
+        model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.eval.generate_every
+    )
 
     collate = PadCollator(tokenizer.pad_token_id)
     # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.
@@ -116,7 +120,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     if trial is not None:
         from sweeplab.pruning import PruningCallback
 
-        pruning = [PruningCallback(trial)]
+        pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
         trial.set_user_attr("run_dir", str(run_dir))
         # Earlier trials in this process must have let go of their models (a failed one's traceback
         # holds its frames): the sweeper collects them after each trial; this records that it worked.
@@ -141,15 +145,46 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     trained = [h for h in module.val_history if h["step"] > 0]
     if not trained:
         raise SweeplabError("no validation ran after training; raise trainer.max_steps")
-    best = min(trained, key=lambda h: h["val/loss"])
+    best = trained[0]
+    for entry in trained[1:]:
+        best = entry if module.better(entry, best) else best
     final = module.val_history[-1]
     module.load_best()  # the adapter and the objective are the best validation's weights
     save_adapter(module.model, tokenizer, run_dir / "adapter")
+    if module.predictions:  # the last generating validation's answers, for reading the failures
+        from sweeplab.eval.splits import write_jsonl
+
+        write_jsonl(run_dir / "predictions_val.jsonl", module.predictions)
+    test = {}
+    if test_eval is not None:
+        model_key = {
+            "dir": model_dir,
+            "quant": rc.model.quant.model_dump(),
+            "device": placement.device,
+            "precision": placement.precision,
+        }
+        base_cache = base_cache_path(rc.paths.cache_dir, test_eval, model_key)
+        test = score_test(module.model, test_eval, run_dir, base_cache)
+        log.info(
+            "test split (%d chats): tool_exact %.3f (base %.3f), args_acc %.3f, tool_name_acc %.3f, "
+            "json_valid %.3f",
+            test["test_chats"],
+            test["test/tool_exact"],
+            test["base/tool_exact"],
+            test["test/args_acc"],
+            test["test/tool_name_acc"],
+            test["test/json_valid"],
+        )
     trainable, total = count_parameters(module.model)
     base_val = [h for h in module.val_history if h["step"] == 0]
     peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if placement.device != "cpu" else _peak_rss_mb()
+    metric = rc.objective.metric
     metrics = {
-        "best_val_loss": best["val/loss"],
+        "objective": {"metric": metric, "direction": rc.objective.resolved_direction, "value": best[metric]},
+        "best": best,  # the validation whose weights are the adapter
+        "final": final,
+        **test,  # test/* (the adapter) and base/* (the untouched base) on the held-out test split
+        "best_val_loss": min(h["val/loss"] for h in trained),
         "best_step": best["step"],
         "final_val_loss": final["val/loss"],
         "final_val_ppl": final["val/ppl"],
@@ -167,21 +202,19 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
         "device": placement.device,
         "base_model": model_dir,
         "wall_s": time.perf_counter() - started,
+        "eval_s": sum(e.seconds for e in (val_eval, test_eval) if e is not None),  # decoding, not training
         "data": stats.__dict__ if hasattr(stats, "__dict__") else dict(stats),
         "val_history": module.val_history,
     }
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
     if trial is not None:
-        for key in ("steps", "best_step", "wall_s", "tokens_per_s", "base_val_loss"):
+        for key in ("steps", "best_step", "wall_s", "eval_s", "tokens_per_s", "base_val_loss", *test):
             trial.set_user_attr(key, metrics[key])
+    start = f"{base_val[0][metric]:.4f}" if base_val and metric in base_val[0] else "n/a"
     log.info(
-        "best val/loss %.4f at step %d (base %s); outputs in %s",
-        best["val/loss"],
-        best["step"],
-        f"{metrics['base_val_loss']:.4f}" if base_val else "n/a",
-        run_dir,
+        "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
     )
-    return float(best["val/loss"])
+    return float(best[metric])
 
 
 @contextlib.contextmanager

@@ -42,11 +42,12 @@ class StepProgressBar(TQDMProgressBar):
 def build_callbacks(rc: RunConfig, run_dir: Path) -> list[Callback]:
     callbacks: list[Callback] = [StepProgressBar()] if rc.trainer.enable_progress_bar else []
     es = rc.callbacks.early_stopping
+    objective = rc.objective
     if es.enabled:
         callbacks.append(
             EarlyStopping(
-                monitor="val/loss",
-                mode="min",
+                monitor=objective.metric,
+                mode=objective.mode,
                 patience=es.patience,
                 min_delta=es.min_delta,
                 check_on_train_epoch_end=False,  # judge on validations, not epoch ends
@@ -58,8 +59,8 @@ def build_callbacks(rc: RunConfig, run_dir: Path) -> list[Callback]:
             ModelCheckpoint(
                 dirpath=run_dir / "checkpoints",
                 filename="best",
-                monitor="val/loss",
-                mode="min",
+                monitor=objective.metric,
+                mode=objective.mode,
                 save_top_k=1 if ck.save_best else 0,
                 save_last=ck.save_last,
                 auto_insert_metric_name=False,

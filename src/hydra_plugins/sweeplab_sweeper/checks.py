@@ -56,8 +56,12 @@ def option_problems(options: dict[str, Any]) -> list[str]:
     direction = options["direction"]
     names = list(direction) if isinstance(direction, list | ListConfig) else [direction]
     for name in [getattr(d, "name", d) for d in names]:
-        if name not in ("minimize", "maximize"):
-            problems.append(f"hydra.sweeper.direction must be minimize or maximize, got {name!r}")
+        if name not in ("auto", "minimize", "maximize"):
+            problems.append(f"hydra.sweeper.direction must be auto, minimize or maximize, got {name!r}")
+    if len(names) != 1:
+        problems.append(
+            f"hydra.sweeper.direction must be one direction (a run returns one objective), got {names}"
+        )
     if options["max_failures"] is not None and options["max_failures"] < 0:
         problems.append(f"hydra.sweeper.max_failures must be >= 0 or null, got {options['max_failures']}")
     if (beat := options["heartbeat_interval"]) < 1:
@@ -136,19 +140,27 @@ def _values_problem(key: str, values: Any, config: DictConfig) -> str | None:
     return f"{key} would be given invalid values: {', '.join(bad)}" if bad else None
 
 
-def config_problems(config: DictConfig) -> list[str]:
+def config_problems(config: DictConfig, direction: Any = "auto") -> list[str]:
     """The config every trial starts from: a bad fixed value or data file would fail them all."""
     try:
         rc = validate(config)
     except ConfigError as err:
         return str(err).removeprefix("invalid config:\n").strip().splitlines()
+    if isinstance(direction, list | ListConfig):  # more than one is refused by option_problems
+        direction = direction[0] if len(direction) == 1 else "auto"
+    direction = getattr(direction, "name", direction)
+    if direction not in ("auto", rc.objective.resolved_direction):
+        return [
+            f"hydra.sweeper.direction={direction} contradicts objective.metric={rc.objective.metric}, which "
+            f"a sweep must {rc.objective.resolved_direction}; set hydra.sweeper.direction=auto"
+        ]
     if rc.data.source not in ("jsonl", "text"):
         return []
     from sweeplab.data.readers import read_jsonl, read_text
 
     reader = read_jsonl if rc.data.source == "jsonl" else read_text
     try:
-        for path in (rc.data.path, rc.data.val_path):
+        for path in (rc.data.path, rc.data.val_path, rc.data.test_path):
             if path:
                 reader(Path(path))
     except DataError as err:

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from hydra_plugins.sweeplab_sweeper import checks
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.trial import TRIAL_ENV
@@ -56,6 +57,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.grace_period = extra["grace_period"]
         self.max_retries = extra["max_retries"]
 
+    def _get_directions(self) -> list[str]:
+        """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
+        return [self.objective.resolved_direction if d == "auto" else d for d in super()._get_directions()]
+
+    @property
+    def objective(self):
+        return validate(self.config).objective
+
     def sampler_for(self, n: int) -> optuna.samplers.BaseSampler:
         """Seed mixed with the trial number: a fixed seed would make workers and resumed studies repeat
         params; plain seed + n would make seed s+1 replay seed s shifted by one trial."""
@@ -75,15 +84,21 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         sweep_dir = Path(self.sweep_dir)
         url = absolute_url(str(self.storage or f"sqlite:///{sweep_dir.parent / 'optuna.db'}"))
         lock = lambda: study_lock(url, self.study_name, sweep_dir)  # noqa: E731
+        metric = self.objective.metric
         with lock():
             storage = open_storage(url, self.heartbeat_interval, self.grace_period)
-            study = optuna.create_study(
-                study_name=self.study_name,
-                storage=storage,
-                sampler=self.sampler_for(0),
-                directions=self._get_directions(),
-                load_if_exists=True,
-            )
+            study = self.open_study(storage, url)
+            if study.metric_names is None:
+                study.set_metric_names([metric])
+            elif study.metric_names != [metric]:
+                checks.fail(
+                    "cannot resume the study",
+                    [
+                        f"study {self.study_name} optimizes {study.metric_names[0]}, but objective.metric="
+                        f"{metric}; set objective.metric={study.metric_names[0]} to resume it, or choose a "
+                        "new hydra.sweeper.study_name"
+                    ],
+                )
             if not study.user_attrs.get("enqueued"):
                 for recipe in self.enqueue:
                     study.enqueue_trial(dict(recipe["params"]), user_attrs={"recipe": recipe["recipe"]})
@@ -116,6 +131,32 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             self.log_to_wandb(study, sweep_dir)
         if not complete:
             sys.exit(1)  # too many failures: the log above says which and why
+
+    def open_study(self, storage, url: str) -> optuna.Study:
+        """Create or resume the study; resuming one made for the other direction is refused."""
+        directions = self._get_directions()
+        try:
+            existing = [
+                d.name.lower()
+                for d in storage.get_study_directions(storage.get_study_id_from_name(self.study_name))
+            ]
+        except KeyError:  # no such study yet
+            existing = directions
+        if existing != directions:
+            checks.fail(
+                "cannot resume the study",
+                [
+                    f"study {self.study_name} in {redact_text(url)} was created to {existing[0]}, but this "
+                    f"sweep would {directions[0]}; choose a new hydra.sweeper.study_name"
+                ],
+            )
+        return optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self.sampler_for(0),
+            directions=directions,
+            load_if_exists=True,
+        )
 
     def log_to_wandb(self, study: optuna.Study, sweep_dir: Path) -> None:
         logger = self.config.get("logger")
@@ -210,9 +251,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             trial.set_user_attr("fail_kind", kind)
             log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
         study.tell(trial, state=state, values=None if value is None else [value])
-        log.info(
-            "trial %d %s%s", trial.number, state.name, f" val/loss {value:.4f}" if value is not None else ""
+        shown = (
+            f" {study.metric_names[0] if study.metric_names else 'value'} {value:.4f}"
+            if value is not None
+            else ""
         )
+        log.info("trial %d %s%s", trial.number, state.name, shown)
 
     def stop_trial(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         """An interruption is no verdict on the params: FAIL with the reason, and queue them again."""
@@ -294,7 +338,8 @@ def summarize(study: optuna.Study, sweep_dir: Path) -> None:
         )
         return
     best = study.best_trial
-    log.info("best trial %d: val/loss %.4f with %s", best.number, best.value, best.params)
+    metric = study.metric_names[0] if study.metric_names else "value"
+    log.info("best trial %d: %s %.4f with %s", best.number, metric, best.value, best.params)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "name": "optuna",
@@ -331,7 +376,7 @@ class SweeplabSweeper(Sweeper):
         impl = self.impl  # everything checked before a storage, study or trial exists
         space = checks.space_problems(impl.params, arguments, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
-        checks.fail("invalid config for every trial", checks.config_problems(impl.config))
+        checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
         url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
         checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
         return impl.sweep(arguments)

@@ -10,6 +10,7 @@ _HOMES = {
     "PadCollator": "collate",
     "DataStats": "datasets",
     "build_datasets": "datasets",
+    "eval_chats": "datasets",
     "read_jsonl": "readers",
     "read_text": "readers",
     "IGNORE": "tokenize",

@@ -54,14 +54,24 @@ def generate_chats(n: int, seed: int, split: str = "train") -> list[dict]:
 def train_val_chats(n_train: int, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Val from its own stream, minus any chat that also occurs in train (short requests can repeat)."""
     train = generate_chats(n_train, seed, "train")
-    seen = {conversation(chat) for chat in train}
-    val: list[dict] = []
-    for chat in iter_chats(stream(seed, "val")):
-        if len(val) == n_val:
+    return train, held_out(n_val, seed, "val", [train])
+
+
+def test_chats(n_train: int, n_val: int, n_test: int, seed: int) -> list[dict]:
+    """Test from a third stream, minus any chat of train or val: scored once, never selected on."""
+    train, val = train_val_chats(n_train, n_val, seed)
+    return held_out(n_test, seed, "test", [train, val])
+
+
+def held_out(n: int, seed: int, split: str, seen_splits: list[list[dict]]) -> list[dict]:
+    seen = {conversation(chat) for chats in seen_splits for chat in chats}
+    out: list[dict] = []
+    for chat in iter_chats(stream(seed, split)):
+        if len(out) == n:
             break
         if conversation(chat) not in seen:
-            val.append(chat)
-    return train, val
+            out.append(chat)
+    return out
 
 
 def conversation(chat: dict) -> str:

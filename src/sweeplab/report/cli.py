@@ -20,6 +20,7 @@ from sweeplab.report.table import (
     trials_md,
     write_text,
 )
+from sweeplab.report.task import failures_section, test_section
 
 if TYPE_CHECKING:
     import optuna
@@ -50,6 +51,8 @@ def index_md(
     lines += ["All trials: [trials.md](trials.md) · [trials.csv](trials.csv)", ""]
     if command:
         lines += ["## Best trial's command", "", "```sh", command, "```", ""]
+    lines += test_section(metric, trials, best)
+    lines += failures_section(best)
     if importance:
         values, method = importance
         lines += [f"## What mattered for {metric} ({method})", "", "| parameter | importance |", "|---|---:|"]

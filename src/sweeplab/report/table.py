@@ -21,6 +21,13 @@ FIXED_COLUMNS = ("number", "state", "value", "steps", "duration_s")
 TAIL_COLUMNS = ("recipe", "retry_of", "fail_kind", "fail_reason")
 DEFAULT_COMMAND = "python -m sweeplab.train"
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+TEST_METRICS = (
+    "test/tool_exact",
+    "test/args_acc",
+    "test/tool_name_acc",
+    "test/json_valid",
+    "base/tool_exact",
+)
 
 
 @contextlib.contextmanager
@@ -66,6 +73,11 @@ def duration_s(trial: FrozenTrial) -> float | None:
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
+def test_columns(trials: list[FrozenTrial]) -> list[str]:
+    """Only the test metrics some trial recorded (runs with eval.test=false have none)."""
+    return [m for m in TEST_METRICS if any(m in t.user_attrs for t in trials)]
+
+
 def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
     """One dict per trial; steps fall back to the last reported step (pruned trials often lack it)."""
     out = []
@@ -78,6 +90,7 @@ def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
                 "steps": t.user_attrs.get("steps", t.last_step),
                 "duration_s": duration_s(t),
                 **{key: t.params.get(key) for key in keys},
+                **{m: t.user_attrs.get(m) for m in test_columns(trials)},
                 "recipe": t.user_attrs.get("recipe"),
                 "retry_of": t.system_attrs.get("failed_trial"),  # a killed or interrupted trial, run again
                 "fail_kind": t.user_attrs.get("fail_kind"),
@@ -87,9 +100,15 @@ def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def columns(table: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """Fixed ones, the searched params, held-out test accuracy where trials have it, then bookkeeping."""
+    tests = [c for c in (table[0] if table else {}) if c.startswith(("test/", "base/"))]
+    return [*FIXED_COLUMNS, *keys, *tests, *TAIL_COLUMNS]
+
+
 def to_csv(table: list[dict[str, Any]], keys: list[str]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*FIXED_COLUMNS, *keys, *TAIL_COLUMNS], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns(table, keys), lineterminator="\n")
     writer.writeheader()
     for row in table:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
@@ -178,7 +197,7 @@ def md_cell(value: Any, limit: int = 100) -> str:
 
 
 def to_markdown(table: list[dict[str, Any]], keys: list[str], best: FrozenTrial | None) -> str:
-    cols = [*FIXED_COLUMNS, *keys, *TAIL_COLUMNS]
+    cols = columns(table, keys)
     align = ["---:" if c in ("number", "value", "steps", "duration_s") else "---" for c in cols]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     for row in table:
@@ -194,8 +213,9 @@ def to_markdown(table: list[dict[str, Any]], keys: list[str], best: FrozenTrial 
 def trials_md(study: optuna.Study, url: str, trials: list[FrozenTrial], best: FrozenTrial | None) -> str:
     keys = param_keys(trials)
     note = (
-        "value: the trial's best val/loss (a pruned trial: its last reported one); steps: optimizer "
-        "steps trained (else the last reported step); duration in seconds."
+        f"value: the trial's best {metric_name(study)} (a pruned trial: its last reported one); steps: "
+        "optimizer steps trained (else the last reported step); duration in seconds; test/*: the adapter "
+        "on the held-out test split, base/*: the untouched base on it."
     )
     return "\n".join(
         [
