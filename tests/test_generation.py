@@ -52,7 +52,8 @@ def test_cases_take_the_final_assistant_call(tiny_dir: str) -> None:
     [case] = build_cases(tokenizer, [prose, chat])
     assert case.expected.name == "POST /db/support" and case.request == "Now make it fixed."
     prompt = tokenizer.decode(case.prompt)
-    assert prompt.endswith("<|im_start|>assistant\n") and "POST /db/node" in prompt and "support" not in prompt
+    assert prompt.endswith("<|im_start|>assistant\n") and "POST /db/node" in prompt
+    assert "support" not in prompt
     assert len(build_cases(tokenizer, [chat] * 5, limit=3)) == 3
 
 
