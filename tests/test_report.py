@@ -223,3 +223,63 @@ def test_recipe_lines_when_a_recipe_wins_or_is_pruned(tmp_path):
     lines = recipe_lines(study, study.trials, best_trial(study))
     assert lines[0] == "the best trial is the qlora-toolcall (trial 0) recipe: no searched trial beat it yet"
     assert lines[1].startswith("best beats guanaco by 0.9000 (50.0%) in val/loss: 1.8000, pruned at step 20")
+
+
+def test_task_accuracy_and_failures_of_a_tool_exact_study(tmp_path: Path) -> None:
+    """A study maximizing val/tool_exact: test accuracy beside the objective, the best's failures listed."""
+    import json
+
+    from sweeplab.report.cli import report as write_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name="tool", storage=f"sqlite:///{tmp_path / 'o.db'}", direction="maximize"
+    )
+    study.set_metric_names(["val/tool_exact"])
+    run_dir = tmp_path / "trial-2"
+    run_dir.mkdir()
+    wrong = {
+        "request": "Delete node 7.",
+        "expected": {"name": "DELETE /db/node", "arguments": {"id": 7}},
+        "output": '{"name": "DELETE /db/node", "arguments": {"id": 8}}',
+        "parsed": {"name": "DELETE /db/node", "arguments": {"id": 8}},
+        "format": "json",
+        "parse_error": None,
+        "verdict": {
+            "json_valid": True,
+            "tool_name": True,
+            "args": False,
+            "exact": False,
+            "fields": {"id": "wrong: got 8, expected 7"},
+        },
+    }
+    right = {
+        **wrong,
+        "output": "{}",
+        "verdict": {**wrong["verdict"], "args": True, "exact": True, "fields": {}},
+    }
+    (run_dir / "predictions.jsonl").write_text(json.dumps(right) + "\n" + json.dumps(wrong) + "\n")
+    for value, recipe, test_exact in ((0.40, "qlora-toolcall", 0.35), (0.10, None, 0.05), (0.60, None, 0.55)):
+        study.enqueue_trial(
+            params(2e-4, 8, 16, 0.0, "all-linear"), user_attrs={"recipe": recipe} if recipe else {}
+        )
+        trial = study.ask(SPACE)
+        trial.set_user_attr("test/tool_exact", test_exact)
+        trial.set_user_attr("base/tool_exact", 0.0)
+        if trial.number == 2:
+            trial.set_user_attr("run_dir", str(run_dir))
+        study.tell(trial, value)
+    write_report(study, f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "report")
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert "maximize val/tool_exact" in index
+    section = index.split("## Held-out test split")[1].split("##")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| 2", "best", "0.6"],
+        ["| 0", "recipe qlora-toolcall", "0.4"],
+    ]
+    assert "0.55" in rows[0] and "0.35" in rows[1]
+    failures = index.split("## What the best trial gets wrong (1 of 2 test chats)")[1]
+    assert "Delete node 7." in failures and "id: wrong: got 8, expected 7" in failures
+    header = (tmp_path / "report" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert "test/tool_exact" in header and "base/tool_exact" in header
