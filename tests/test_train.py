@@ -45,6 +45,37 @@ def test_run_leaves_the_promised_outputs(tiny_run: Path) -> None:
     assert 0.0 <= metrics["final_val_acc"] <= 1.0
 
 
+def test_run_scores_tool_calls_on_val_and_test(tiny_run: Path) -> None:
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["objective"] == {
+        "metric": "val/loss",
+        "direction": "minimize",
+        "value": metrics["best_val_loss"],
+    }
+    for entry in metrics["val_history"]:  # eval.generate_every=1: every validation generates
+        assert 0.0 <= entry["val/tool_exact"] <= entry["val/json_valid"] <= 1.0
+    for prefix in ("test", "base"):
+        assert {f"{prefix}/{m}" for m in ("json_valid", "tool_name_acc", "args_acc", "tool_exact")} <= set(
+            metrics
+        )
+    assert metrics["test_chats"] == 8 and metrics["eval_s"] > 0
+    for name in ("predictions.jsonl", "predictions_base.jsonl", "predictions_val.jsonl"):
+        records = [json.loads(line) for line in (tiny_run / name).read_text().splitlines()]
+        assert len(records) == 8, name
+        assert {"request", "expected", "output", "parsed", "verdict"} <= set(records[0])
+
+
+def test_generation_does_not_change_training(tiny_run: Path, tmp_path: Path) -> None:
+    """The same run without any decoding: the same val losses at every validation, to the bit."""
+    result = run_train(*TINY, "run_name=quiet", "eval.n_generate=0", "eval.test=false", output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    quiet = json.loads((tmp_path / "runs" / "quiet" / "metrics.json").read_text())
+    loud = json.loads((tiny_run / "metrics.json").read_text())
+    assert [h["val/loss"] for h in quiet["val_history"]] == [h["val/loss"] for h in loud["val_history"]]
+    assert "test/tool_exact" not in quiet and "val/tool_exact" not in quiet["val_history"][-1]
+    assert not (tmp_path / "runs" / "quiet" / "predictions.jsonl").exists()
+
+
 def test_val_loss_fell(tiny_run: Path) -> None:
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["best_val_loss"] < metrics["base_val_loss"] - 0.1
