@@ -42,9 +42,18 @@ def build_once(final: Path, build: Callable[[Path], None], done_file: str, what:
             build(tmp)
             if not (tmp / done_file).is_file():
                 raise RuntimeError(f"building {what} wrote no {done_file} in {tmp}")
+            _readable_as_dir(tmp)
             os.replace(tmp, final)  # atomic: a crash never leaves a finished-looking dir
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
         lock.release()
     return final
+
+
+def _readable_as_dir(root: Path) -> None:
+    """transformers saves model.safetensors as 0600: give files the read bits the dir got from the umask."""
+    read_bits = root.stat().st_mode & 0o444
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode | read_bits)
