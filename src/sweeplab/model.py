@@ -1,4 +1,4 @@
-"""4-bit load + LoRA wrap: one path for the embedded base, a local copy and a hub model."""
+"""4-bit load + LoRA wrap: one path for the embedded base, a converted GGUF, a local copy and a hub model."""
 
 from __future__ import annotations
 
@@ -18,11 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> str:
-    """The embedded base is built (once) into the cache; anything else is a hub id or local dir."""
+    """The embedded base is built and a GGUF converted (once) into the cache; else a hub id or local dir."""
     if cfg.embedded is not None:
         from sweeplab.base import ensure_base
 
         return str(ensure_base(cfg.embedded, cache_dir).resolve())
+    if cfg.gguf is not None:
+        from sweeplab.gguf import ensure_converted
+
+        return str(ensure_converted(cfg.gguf, cache_dir))
     path = Path(cfg.name_or_path).expanduser()
     # An absolute adapter base path lets any peft client rebuild the model from the adapter alone.
     return str(path.resolve()) if path.exists() else cfg.name_or_path

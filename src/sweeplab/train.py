@@ -57,6 +57,14 @@ def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str
     return str(path)
 
 
+def preflight_model(rc: RunConfig) -> None:
+    """A missing GGUF package or file fails here, before torch is imported."""
+    if rc.model.gguf is not None:
+        from sweeplab.gguf import locate
+
+        locate(rc.model.gguf)
+
+
 def preflight_data(rc: RunConfig) -> None:
     """Read user data files before the base is built or loaded, so a bad line fails in seconds."""
     from sweeplab.data.readers import read_jsonl, read_text
@@ -283,6 +291,7 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
+    preflight_model(rc)
     preflight_data(rc)
     ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
     if ckpt is not None:
