@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install train sweep report dashboard test test-fast lint format bench clean
+.PHONY: help install train sweep report dashboard test test-fast lint format bench bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ format:  ## ruff format + import sort
 bench: install  ## benchmarks; writes BENCHMARKS.md
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
+
+bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, small sweep (~1 h on CPU)
+	$(PY) bench/bench_toolcalls.py --out BENCHMARKS.md
 
 clean:  ## remove run outputs and caches (not the venv, not ~/.cache/sweeplab)
 	rm -rf outputs .pytest_cache .ruff_cache

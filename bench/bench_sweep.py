@@ -58,6 +58,8 @@ def sweep(method: str, seed: int, out: Path, args: argparse.Namespace) -> list[F
         "hydra.sweeper.study_name=bench",
         f"hydra.sweeper.n_trials={args.trials}",
         "hydra.sweeper.enqueue=[]",
+        "eval.n_generate=0",  # val/loss is this benchmark's objective: no answers to decode
+        "eval.test=false",
         # Trials reseed with seed + trial number: seeds 1000 apart keep two sweeps from sharing trials.
         f"hydra.sweeper.sampler.seed={1000 * seed}",
         *(o.format(startup=args.startup, val_every=args.val_every) for o in METHODS[method]),
