@@ -263,6 +263,11 @@ def a_file(d: Path) -> Path:
 
 
 SWEEP_CASES = {
+    "sweep of a model whose wheel is missing": (
+        lambda d: ["model.embedded=null", "model.gguf={package: no_such_package_xyz, file: m.gguf}"],
+        "model.gguf.package: no installed package 'no_such_package_xyz'",
+        "make install",
+    ),
     "sweep direction against the objective": (
         lambda d: ["hydra.sweeper.direction=minimize", "objective.metric=val/tool_exact"],
         "hydra.sweeper.direction=minimize contradicts objective.metric=val/tool_exact",

@@ -154,6 +154,13 @@ def config_problems(config: DictConfig, direction: Any = "auto") -> list[str]:
             f"hydra.sweeper.direction={direction} contradicts objective.metric={rc.objective.metric}, which "
             f"a sweep must {rc.objective.resolved_direction}; set hydra.sweeper.direction=auto"
         ]
+    if rc.model.gguf is not None:  # a missing wheel or file would fail every trial
+        from sweeplab.gguf import locate
+
+        try:
+            locate(rc.model.gguf)
+        except ConfigError as err:
+            return [str(err)]
     if rc.data.source not in ("jsonl", "text"):
         return []
     from sweeplab.data.readers import read_jsonl, read_text
