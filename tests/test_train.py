@@ -52,8 +52,11 @@ def test_run_scores_tool_calls_on_val_and_test(tiny_run: Path) -> None:
         "direction": "minimize",
         "value": metrics["best_val_loss"],
     }
-    for entry in metrics["val_history"]:  # eval.generate_every=1: every validation generates
-        assert 0.0 <= entry["val/tool_exact"] <= entry["val/json_valid"] <= 1.0
+    # eval.generate_every=2: validations 0 and 2 generate, and the last one always does
+    generated = [h["step"] for h in metrics["val_history"] if "val/tool_exact" in h]
+    assert generated == [0, 16, 24]
+    for entry in metrics["val_history"]:
+        assert 0.0 <= entry.get("val/tool_exact", 0) <= entry.get("val/json_valid", 0) <= 1.0
     for prefix in ("test", "base"):
         assert {f"{prefix}/{m}" for m in ("json_valid", "tool_name_acc", "args_acc", "tool_exact")} <= set(
             metrics

@@ -263,9 +263,9 @@ class EvalConfig(Schema):
     """Tool-call accuracy from greedy decoding of validation chats, and the held-out test split."""
 
     n_generate: int = Field(default=64, ge=0)  # val chats decoded at a generating validation; 0: off
-    generate_every: int = Field(default=1, ge=1)  # every Nth validation generates; the last always does
-    batch_size: int = Field(default=16, gt=0)  # prompts decoded together (left-padded, KV cache on)
-    max_new_tokens: int | None = Field(default=None, gt=0)  # None: longest reference call + 16 tokens
+    generate_every: int = Field(default=2, ge=1)  # every Nth validation generates; the last always does
+    batch_size: int = Field(default=64, gt=0)  # prompts decoded together (left-padded, KV cache on)
+    max_new_tokens: int | None = Field(default=None, gt=0)  # None: longest reference call + 32 tokens
     test: bool = True  # score the final adapter and the untouched base on the test split
 
 
