@@ -263,7 +263,9 @@ class EvalConfig(Schema):
     """Tool-call accuracy from greedy decoding of validation chats, and the held-out test split."""
 
     n_generate: int = Field(default=64, ge=0)  # val chats decoded at a generating validation; 0: off
-    generate_every: int = Field(default=2, ge=1)  # every Nth validation generates; the last always does
+    # Every Nth validation generates (the last always does); None: every one when the objective is a
+    # generation metric, else every 2nd.
+    generate_every: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, gt=0)  # prompts decoded together (left-padded, KV cache on)
     max_new_tokens: int | None = Field(default=None, gt=0)  # None: longest reference call + 32 tokens
     test: bool = True  # score the final adapter and the untouched base on the test split
@@ -324,6 +326,13 @@ class RunConfig(Schema):
     objective: ObjectiveConfig = ObjectiveConfig()
     eval: EvalConfig = EvalConfig()
 
+    @property
+    def generate_every(self) -> int:
+        """eval.generate_every, resolved: a generation objective needs answers at every validation."""
+        if self.eval.generate_every is not None:
+            return self.eval.generate_every
+        return 1 if self.objective.needs_generation else 2
+
     @model_validator(mode="after")
     def _groups_agree(self) -> RunConfig:
         """Options that are each valid but contradict one another."""
@@ -353,10 +362,10 @@ class RunConfig(Schema):
                     f"objective.metric={metric} scores generated tool calls, but data.source=text has no "
                     "chats: use data=toolcalls or data=jsonl, or objective.metric=val/loss"
                 )
-            if self.eval.n_generate == 0 or self.eval.generate_every != 1:
+            if self.eval.n_generate == 0 or self.eval.generate_every not in (None, 1):
                 problems.append(
                     f"objective.metric={metric} is measured only at validations that generate: set "
-                    f"eval.n_generate > 0 (got {self.eval.n_generate}) and eval.generate_every=1 "
+                    f"eval.n_generate > 0 (got {self.eval.n_generate}) and eval.generate_every=1 or null "
                     f"(got {self.eval.generate_every})"
                 )
         if problems:

@@ -103,7 +103,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     val_eval, test_eval = build_evaluators(rc, tokenizer)
     model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device)
     module = QLoRAModule(
-        model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.eval.generate_every
+        model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every
     )
 
     collate = PadCollator(tokenizer.pad_token_id)
