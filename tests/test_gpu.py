@@ -22,3 +22,5 @@ def test_auto_precision_trains_fp16_mixed_on_cuda(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "runs" / "g" / "metrics.json").read_text())
     assert metrics["precision"] == "16-mixed" and metrics["device"].startswith("cuda")
     assert metrics["best_val_loss"] < metrics["base_val_loss"]
+    # greedy decoding of tool calls on the GPU, with and without the adapter (TINY keeps it small)
+    assert metrics["test_chats"] == 8 and 0.0 <= metrics["test/json_valid"] <= 1.0 and metrics["eval_s"] > 0
