@@ -157,7 +157,7 @@ class DataConfig(Schema):
     test_path: str | None = None  # jsonl only: held-out chats scored once at the end
     n_train: int = Field(default=2000, gt=0)  # toolcalls only
     n_val: int = Field(default=200, gt=0)  # toolcalls only
-    n_test: int = Field(default=200, ge=0)  # toolcalls only: its own stream, minus train and val chats
+    n_test: int = Field(default=100, ge=0)  # toolcalls only: its own stream, minus train and val chats
     val_fraction: float = Field(default=0.1, gt=0, lt=1)  # jsonl/text without val_path
     max_seq_len: int = Field(default=256, ge=8)
     batch_size: int = Field(default=8, gt=0)
@@ -264,10 +264,10 @@ class EvalConfig(Schema):
 
     n_generate: int = Field(default=64, ge=0)  # val chats decoded at a generating validation; 0: off
     # Every Nth validation generates (the last always does); None: every one when the objective is a
-    # generation metric, else every 2nd.
+    # generation metric, else every 3rd.
     generate_every: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, gt=0)  # prompts decoded together (left-padded, KV cache on)
-    max_new_tokens: int | None = Field(default=None, gt=0)  # None: longest reference call + 32 tokens
+    max_new_tokens: int | None = Field(default=None, gt=0)  # None: longest reference call + 16 tokens
     test: bool = True  # score the final adapter and the untouched base on the test split
 
 
@@ -331,7 +331,7 @@ class RunConfig(Schema):
         """eval.generate_every, resolved: a generation objective needs answers at every validation."""
         if self.eval.generate_every is not None:
             return self.eval.generate_every
-        return 1 if self.objective.needs_generation else 2
+        return 1 if self.objective.needs_generation else 3
 
     @model_validator(mode="after")
     def _groups_agree(self) -> RunConfig:

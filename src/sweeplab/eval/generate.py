@@ -17,7 +17,7 @@ from sweeplab.resume import rng_state, set_rng_state
 
 # End-of-turn tokens of the chat formats sweeplab renders (ChatML, Llama 3); the model's own eos too.
 TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
-MARGIN_TOKENS = 32  # room past the longest reference for tags or a closing brace written differently
+MARGIN_TOKENS = 16  # room past the longest reference for tags or a closing brace written differently
 
 
 @dataclass(frozen=True)
