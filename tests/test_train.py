@@ -87,6 +87,7 @@ def test_val_loss_fell(tiny_run: Path) -> None:
 def test_csv_logger_has_the_metric_names(tiny_run: Path) -> None:
     header = next((tiny_run / "csv").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "val/ppl", "val/acc", "lr", "tokens_per_s"} <= set(header)
+    assert {"val/tool_exact", "test/tool_exact", "base/tool_exact", "test/args_acc"} <= set(header)
 
 
 def test_adapter_reloads_with_plain_peft(tiny_run: Path) -> None:

@@ -173,6 +173,9 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
         }
         base_cache = base_cache_path(rc.paths.cache_dir, test_eval, model_key)
         test = score_test(module.model, test_eval, run_dir, base_cache)
+        for logger in trainer.loggers:  # test/* and base/* beside the curves, for dashboard comparison
+            logger.log_metrics({k: v for k, v in test.items() if "/" in k}, step=trainer.global_step)
+            logger.save()  # fit has ended, so nothing else flushes the CSV logger's buffer
         log.info(
             "test split (%d chats): tool_exact %.3f (base %.3f), args_acc %.3f, tool_name_acc %.3f, "
             "json_valid %.3f",
