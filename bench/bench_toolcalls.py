@@ -119,7 +119,8 @@ decoding. Metrics: tool_exact / args_acc / tool_name_acc / json_valid (docs/EVAL
 | after `experiment=smollm2_toolcalls` ({steps} steps, {recipe["minutes"]:.1f} min) | {after} |
 
 A small sweep on top of that experiment (`hparams_search=qlora_tool_exact`, {args.trials} trials):
-the two hand-set recipes first, then TPE; every trial the same {steps} steps, data and batch,
+the two hand-set recipes first, then TPE (random draws until its start-up trials are done); every
+trial the same {steps} steps, data and batch,
 selected by val/tool_exact on {recipe["n_generate"]} generated val answers, then scored once on the
 test split. Equal compute per trial; the whole sweep took {sweep_minutes:.1f} min.
 
