@@ -102,9 +102,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     train_set, val_set, stats = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
     val_eval, test_eval = build_evaluators(rc, tokenizer)
     model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device)
-    module = QLoRAModule(
-        model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every
-    )
+    module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
 
     collate = PadCollator(tokenizer.pad_token_id)
     # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.

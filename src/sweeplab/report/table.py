@@ -161,7 +161,9 @@ def recipe_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTri
             pct = 100.0 * diff / abs(t.value) if t.value else float("nan")
             note = f", pruned at step {t.last_step}" if t.state.name == "PRUNED" else ""
             if diff == 0:  # accuracies tie often; "beats by -0.0000" would say the opposite
-                lines.append(f"best ties {recipe} at {metric} {t.value:.4f} (trial {t.number} and {best.number})")
+                lines.append(
+                    f"best ties {recipe} at {metric} {t.value:.4f} (trial {t.number} and {best.number})"
+                )
                 continue
             lines.append(
                 f"best beats {recipe} by {diff:.4f} ({pct:.1f}%) in {metric}: "
