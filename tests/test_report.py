@@ -272,6 +272,7 @@ def test_task_accuracy_and_failures_of_a_tool_exact_study(tmp_path: Path) -> Non
     write_report(study, f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "report")
     index = (tmp_path / "report" / "index.md").read_text()
     assert "maximize val/tool_exact" in index
+    assert "best beats qlora-toolcall by 0.2000" in index  # 0.4 -> 0.6, a maximized metric
     section = index.split("## Held-out test split")[1].split("##")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[:3] for r in rows] == [
@@ -283,3 +284,16 @@ def test_task_accuracy_and_failures_of_a_tool_exact_study(tmp_path: Path) -> Non
     assert "Delete node 7." in failures and "id: wrong: got 8, expected 7" in failures
     header = (tmp_path / "report" / "trials.csv").read_text().splitlines()[0].split(",")
     assert "test/tool_exact" in header and "base/tool_exact" in header
+
+
+def test_a_recipe_that_ties_the_best_is_called_a_tie(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", direction="maximize")
+    study.set_metric_names(["val/tool_exact"])
+    for recipe in ("qlora-toolcall", None):
+        study.enqueue_trial(
+            params(2e-4, 8, 16, 0.0, "all-linear"), user_attrs={"recipe": recipe} if recipe else {}
+        )
+        study.tell(study.ask(SPACE), 0.5)
+    lines = recipe_lines(study, study.trials, study.trials[1])
+    assert lines == ["best ties qlora-toolcall at val/tool_exact 0.5000 (trial 0 and 1)"]
