@@ -12,6 +12,7 @@ from sweeplab.config import DataConfig
 from sweeplab.data import IGNORE, build_datasets, generate_chats, prompt_ids, read_jsonl, tokenize_chat
 from sweeplab.data.tokenize import render_inputs
 from sweeplab.errors import DataError
+from tests.test_data import labelled_runs
 
 DELETE_NODE = {
     "type": "function",
@@ -91,17 +92,6 @@ def tokenizers() -> dict:
         out[name] = copy.deepcopy(chatml)
         out[name].chat_template = template
     return out
-
-
-def labelled_runs(tokenizer, labels: list[int]) -> list[str]:
-    runs, current = [], []
-    for label in [*labels, IGNORE]:
-        if label != IGNORE:
-            current.append(label)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    return runs
 
 
 def write_jsonl(path, *objs):

@@ -16,7 +16,7 @@ import torch
 from sweeplab.config import DataConfig
 from sweeplab.data.readers import read_jsonl, read_text
 from sweeplab.data.tokenize import IGNORE, chat_template, tokenize_chat, tokenize_text
-from sweeplab.data.toolcalls import test_chats, train_val_chats
+from sweeplab.data.toolcalls import train_val_chats, val_test_chats
 from sweeplab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], 
 def eval_chats(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     """(val, test) chats as messages, for generation-based scoring; plain text has none."""
     if cfg.source == "toolcalls":
-        val = train_val_chats(cfg.n_train, cfg.n_val, cfg.seed)[1]
-        return val, test_chats(cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed) if cfg.n_test else []
+        return val_test_chats(cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
     if cfg.source == "jsonl":
         return split(cfg, read_jsonl)[1], read_jsonl(cfg.test_path) if cfg.test_path else []
     return [], []

@@ -57,10 +57,10 @@ def train_val_chats(n_train: int, n_val: int, seed: int) -> tuple[list[dict], li
     return train, held_out(n_val, seed, "val", [train])
 
 
-def test_chats(n_train: int, n_val: int, n_test: int, seed: int) -> list[dict]:
+def val_test_chats(n_train: int, n_val: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Test from a third stream, minus any chat of train or val: scored once, never selected on."""
     train, val = train_val_chats(n_train, n_val, seed)
-    return held_out(n_test, seed, "test", [train, val])
+    return val, held_out(n_test, seed, "test", [train, val])
 
 
 def held_out(n: int, seed: int, split: str, seen_splits: list[list[dict]]) -> list[dict]:
