@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT, run_train
@@ -51,13 +52,13 @@ def test_sweep_stores_every_trial(five_trials: Path) -> None:
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
     # the two hand-set recipes run first, with exactly their parameters
     assert trials[0].user_attrs["recipe"] == "qlora-toolcall"
-    assert {k: trials[0].params[k] for k in ("lora.r", "lora.alpha", "optim.lr", "optim.weight_decay")} == {
-        "lora.r": 8,
-        "lora.alpha": 16,
-        "optim.lr": 2e-4,
-        "optim.weight_decay": 0.01,
-    }
+    assert trials[0].params == {"lora.r": 8, "optim.lr": 2e-4, "optim.weight_decay": 0.01}
+    # keys outside the space (the recipe's alpha/r scaling) reach the recipe's trial, and only it
+    assert trials[0].user_attrs["recipe_overrides"] == {"lora.alpha": 16, "lora.use_rslora": False}
     assert trials[1].user_attrs["recipe"] == "guanaco" and trials[1].params["lora.r"] == 64
+    lora = [yaml.safe_load((five_trials / "sweeps" / "s" / str(n) / "config.yaml").read_text())["lora"] for n in (0, 4)]
+    assert (lora[0]["use_rslora"], lora[0]["alpha"]) == (False, 16)
+    assert (lora[1]["use_rslora"], lora[1]["alpha"]) == (True, 16)  # the space's fixed values
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
     for t in trials:  # the stored value is the job's own best val/loss, reported at every validation
         metrics = json.loads((five_trials / "sweeps" / "s" / str(t.number) / "metrics.json").read_text())

@@ -115,6 +115,9 @@ class ModelConfig(Schema):
 class LoraConfig(Schema):
     r: int = Field(default=16, gt=0)
     alpha: float = Field(default=32, gt=0)
+    # rsLoRA (Kalajdzievski 2023): scale by alpha/sqrt(r) instead of alpha/r, so the best learning
+    # rate moves less with the rank and a sweep over r needs no matching sweep over alpha.
+    use_rslora: bool = False
     dropout: float = Field(default=0.05, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
     targets: str | list[str] = "all-linear"
@@ -136,7 +139,7 @@ class LoraConfig(Schema):
     @property
     def scaling(self) -> float:
         """Logged per run: sweeping r alone silently changes the update scale alpha/r."""
-        return self.alpha / self.r
+        return self.alpha / (self.r**0.5 if self.use_rslora else self.r)
 
 
 class OptimConfig(Schema):

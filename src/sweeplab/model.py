@@ -89,6 +89,7 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
     peft_config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
+        use_rslora=lora.use_rslora,
         lora_dropout=lora.dropout,
         bias=lora.bias,
         target_modules=lora.target_modules,

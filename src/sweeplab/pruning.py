@@ -30,7 +30,9 @@ class PruningCallback(L.Callback):
         if value is None or not math.isfinite(float(value)):
             return
         self.trial.report(float(value), step=trainer.global_step)
-        if self.trial.should_prune():
+        # At the last step the work is done: pruning now would only throw the finished result away
+        # (successive halving's rungs can fall exactly on max_steps).
+        if trainer.global_step < trainer.max_steps and self.trial.should_prune():
             self.pruned_at = trainer.global_step
             trainer.should_stop = True
             log.info(

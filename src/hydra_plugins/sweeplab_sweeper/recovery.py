@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 WORKER_ATTR = "sweeplab:worker"
 RESUME_ATTR = "resume_from"
-KEPT_ATTRS = ("recipe",)  # the rest (run_dir, steps, ...) describe the failed attempt only
+KEPT_ATTRS = ("recipe", "recipe_overrides")  # the rest (run_dir, steps, ...) describe the failed attempt only
 
 
 def this_worker() -> dict[str, object]:

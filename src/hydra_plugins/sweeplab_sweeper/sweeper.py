@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import json
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning)
 
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"
+RECIPE_OVERRIDES = "recipe_overrides"
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 
 
@@ -101,9 +103,17 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 )
             if not study.user_attrs.get("enqueued"):
                 for recipe in self.enqueue:
-                    study.enqueue_trial(dict(recipe["params"]), user_attrs={"recipe": recipe["recipe"]})
+                    params = dict(recipe["params"])
+                    # Keys outside the search space (lora.use_rslora: false for a recipe written with
+                    # alpha/r) are set by override for that trial only, so the recipe means what it says.
+                    outside = {k: v for k, v in params.items() if k not in distributions}
+                    study.enqueue_trial(
+                        {k: v for k, v in params.items() if k in distributions},
+                        user_attrs={"recipe": recipe["recipe"], RECIPE_OVERRIDES: outside},
+                    )
                 study.set_user_attr("enqueued", True)
                 study.set_user_attr("command", base_command())
+                study.set_user_attr("fixed", fixed)  # the space's fixed values: part of every trial's command
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         log.info(
             "study %s in %s: %d of %d trials done",
@@ -212,7 +222,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 trial = study.ask()
                 claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
-            self.run_trial(study, storage, trial, list(overrides))
+            self.run_trial(study, storage, trial, with_recipe(list(overrides), trial))
 
     def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
         recipe = trial.user_attrs.get("recipe")
@@ -264,6 +274,13 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         trial.set_user_attr("fail_kind", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+
+
+def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
+    """A recipe's keys outside the search space replace the space's fixed values for its trial."""
+    extra = trial.user_attrs.get(RECIPE_OVERRIDES) or {}
+    kept = [o for o in overrides if o.split("=", 1)[0] not in extra]
+    return kept + [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in extra.items()]
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
