@@ -24,15 +24,19 @@ class PruningCallback(L.Callback):
         self.pruned_at: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == 0:
+        if trainer.sanity_checking or trainer.global_step == 0:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             return
-        self.trial.report(float(value), step=trainer.global_step)
-        if self.trial.should_prune():
-            self.pruned_at = trainer.global_step
-            trainer.should_stop = True
-            log.info(
-                "trial %d pruned at step %d (%s %.4f)", self.trial.number, self.pruned_at, self.monitor, value
-            )
+        step = trainer.global_step
+        # A retried trial inherits its predecessor's values; Optuna ignores a second report and warns.
+        if step not in self.trial.storage.get_trial(self.trial._trial_id).intermediate_values:
+            self.trial.report(float(value), step=step)
+        # The final validation (trainer.validate, after fit) may be the trial's result: it is
+        # reported above so the curve is whole, but nothing is left to save by pruning it.
+        if trainer.state.fn != "fit" or not self.trial.should_prune():
+            return
+        self.pruned_at = step
+        trainer.should_stop = True
+        log.info("trial %d pruned at step %d (%s %.4f)", self.trial.number, step, self.monitor, value)
