@@ -128,6 +128,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
 
         pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("pruner", type(trial.study.pruner).__name__)  # the one that judged this trial
         # Earlier trials in this process must have let go of their models (a failed one's traceback
         # holds its frames): the sweeper collects them after each trial; this records that it worked.
         trial.set_user_attr("models_alive_at_start", _models_alive(module))

@@ -96,7 +96,11 @@ def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
     allowed = [p for p in inspect.signature(PRUNERS[name]).parameters if p != "self"]
     unknown = sorted(set(kwargs or {}) - set(allowed))
     if unknown:
-        return [f"hydra.sweeper.pruner_kwargs: {unknown} not accepted by the {name} pruner; keys: {allowed}"]
+        drop = " ".join(f"~hydra.sweeper.pruner_kwargs.{k}" for k in unknown)
+        return [
+            f"hydra.sweeper.pruner_kwargs: {unknown} not accepted by the {name} pruner (its keys: "
+            f"{allowed}); remove them ({drop}) or choose the pruner they belong to"
+        ]
     try:
         build_pruner(name, kwargs)
     except (TypeError, ValueError) as exc:
