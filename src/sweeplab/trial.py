@@ -34,6 +34,8 @@ def build_pruner(
     """The same pruner in the sweeper (the study's, which TPE reads) and in each job (which prunes)."""
     if name not in PRUNERS:
         raise ValueError(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {name!r}")
+    if name == "none":  # turning pruning off needs no removing of the previous pruner's kwargs
+        return optuna.pruners.NopPruner()
     return PRUNERS[name](**pruner_kwargs(name, kwargs, max_steps))
 
 

@@ -18,6 +18,7 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     pruner: str = "median"
     # The pruner's own arguments, checked against its signature and trainer.max_steps before the study
     # exists: a value that could never prune is refused. Hyperband's max_resource=auto is max_steps.
+    # With pruner=none they are not used (so turning pruning off needs no other change).
     pruner_kwargs: dict[str, Any] = field(default_factory=dict)
     # Known recipes run as the first trials of a new study: [{recipe: name, params: {key: value}}].
     enqueue: list[Any] = field(default_factory=list)
