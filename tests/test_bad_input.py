@@ -251,7 +251,16 @@ def test_bad_input_fails_cleanly(case: str, tmp_path: Path) -> None:
 
 SMALL = ["model=tiny", "logger=csv", "trainer.max_steps=2", "trainer.enable_progress_bar=false"]
 TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
-QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=1"]
+# pruner=none: the default median pruner's warmup (100 steps) could never act in a 2-step trial, a
+# mistake of its own (cases below) that would otherwise be reported beside every case's.
+QLORA = [
+    "hparams_search=qlora",
+    "hydra.sweeper.study_name=s",
+    "hydra.sweeper.n_trials=1",
+    "hydra.sweeper.pruner=none",
+]
+SHORT = ["trainer.max_steps=12", "trainer.val_every_n_steps=4"]  # validations at 4 and 8 can prune
+NOT_MEDIAN = ["~hydra.sweeper.pruner_kwargs.n_startup_trials", "~hydra.sweeper.pruner_kwargs.n_warmup_steps"]
 
 
 def sweep(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -307,6 +316,62 @@ SWEEP_CASES = {
     "pruner typo": (lambda d: ["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner", "'median'"),
     "zero trials": (lambda d: ["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials", ">= 1"),
     "direction typo": (lambda d: ["hydra.sweeper.direction=minimise"], "minimise", "minimize or maximize"),
+    "failure rate (upstream's, not honoured)": (
+        lambda d: ["hydra.sweeper.max_failure_rate=0.5"],
+        "hydra.sweeper.max_failure_rate=0.5 is not supported",
+        "hydra.sweeper.max_failures=N",
+    ),
+    "search_space (removed upstream)": (
+        lambda d: ["hydra.sweeper.search_space={lora.r:choice(8,16)}"],
+        "Key 'search_space' not in 'SweeplabSweeperConf'",
+        "custom_search_space",
+    ),
+    "custom search space that does not import": (
+        lambda d: ["hydra.sweeper.custom_search_space=no_such_module_xyz.fn"],
+        "hydra.sweeper.custom_search_space=no_such_module_xyz.fn",
+        "module.function(cfg, trial)",
+    ),
+    # pruner settings that would raise in every trial or never prune
+    "median keys left for hyperband": (
+        lambda d: ["hydra.sweeper.pruner=hyperband", *SHORT],
+        "['n_startup_trials', 'n_warmup_steps'] not accepted by the hyperband pruner",
+        "~hydra.sweeper.pruner_kwargs.n_startup_trials",
+    ),
+    "pruner argument out of range": (
+        lambda d: ["hydra.sweeper.pruner=median", "hydra.sweeper.pruner_kwargs.n_startup_trials=-1", *SHORT],
+        "hydra.sweeper.pruner_kwargs (pruner=median)",
+        "n_startup_trials=-1",
+    ),
+    "median warmup beyond the run": (
+        lambda d: ["hydra.sweeper.pruner=median", *SHORT],
+        "hydra.sweeper.pruner_kwargs.n_warmup_steps=100: the median pruner cannot act before step 100",
+        "at step 8; lower n_warmup_steps, or set hydra.sweeper.pruner=none",
+    ),
+    "pruner with no validation before the end": (
+        lambda d: ["hydra.sweeper.pruner=median", "trainer.max_steps=4", "trainer.val_every_n_steps=4"],
+        "trainer.max_steps=4 with trainer.val_every_n_steps=4 leaves no validation before the end",
+        "hydra.sweeper.pruner=none",
+    ),
+    "successive halving rung beyond the run": (
+        lambda d: [
+            "hydra.sweeper.pruner=successive_halving",
+            *NOT_MEDIAN,
+            "+hydra.sweeper.pruner_kwargs.min_resource=10",
+            *SHORT,
+        ],
+        "hydra.sweeper.pruner_kwargs.min_resource=10",
+        "lower min_resource",
+    ),
+    "hyperband max_resource that is not the run's length": (
+        lambda d: [
+            "hydra.sweeper.pruner=hyperband",
+            *NOT_MEDIAN,
+            "+hydra.sweeper.pruner_kwargs.max_resource=50",
+            *SHORT,
+        ],
+        "hydra.sweeper.pruner_kwargs.max_resource=50 must be trainer.max_steps=12",
+        "or auto",
+    ),
     # what every trial would start from
     "fixed value every trial refuses": (lambda d: ["lora.dropout=1.5"], "lora.dropout", "less than 1"),
     "sweep over a missing data file": (
@@ -324,6 +389,11 @@ SWEEP_CASES = {
     "driver not installed": (lambda d: ["hydra.sweeper.storage=mysql://x/y"], "mysql://x/y", "sqlite:///"),
     "path instead of a URL": (lambda d: ["hydra.sweeper.storage=optuna.db"], "'optuna.db'", "sqlite:///"),
     "in-memory sqlite": (lambda d: ["hydra.sweeper.storage=sqlite://"], "in-memory", "sqlite:///relative"),
+    "sqlite file that is no database": (
+        lambda d: [f"hydra.sweeper.storage=sqlite:///{write(d / 'notes.txt', 'my notes')}"],
+        "notes.txt exists and is not an SQLite database",
+        "name a new or existing .db file",
+    ),
     "sqlite under a file": (
         lambda d: [f"hydra.sweeper.storage=sqlite:///{a_file(d)}/optuna.db"],
         "a-file/optuna.db",
@@ -341,6 +411,16 @@ def test_bad_sweep_fails_before_any_trial(case: str, tmp_path: Path) -> None:
     assert "s3cret" not in result.stdout + result.stderr
     assert not (out / "sweeps").exists(), "no study, storage or trial dir may exist"
     assert not list(tmp_path.rglob("*.db*")), "no database or lock file may be created"
+
+
+def test_storage_that_is_no_database_is_left_untouched(tmp_path: Path) -> None:
+    notes = write(tmp_path / "notes.txt", "line one\nline two\n")
+    before = notes.read_bytes()
+    result = sweep(tmp_path / "outputs", f"hydra.sweeper.storage=sqlite:///{notes}")
+    assert_clean_failure(result, f"hydra.sweeper.storage=sqlite:///{notes}", "not an SQLite database")
+    assert result.returncode == 2
+    assert notes.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no lock file beside it either
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,60 @@ def test_each_trial_is_its_own_wandb_run(tmp_path: Path) -> None:
     assert len(list((tmp_path / "sweeps" / "s" / "wandb").glob("offline-run-*"))) == 1  # the summary
 
 
+# Every pruner, set so it can act on a 10-step trial (validations at 4 and 8; the final one at 10).
+PRUNERS = {
+    "median": ("MedianPruner", ["hydra.sweeper.pruner_kwargs={n_startup_trials: 1, n_warmup_steps: 4}"]),
+    "successive_halving": (
+        "SuccessiveHalvingPruner",
+        ["~hydra.sweeper.pruner_kwargs.n_startup_trials", "~hydra.sweeper.pruner_kwargs.n_warmup_steps",
+         "+hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"],
+    ),
+    "hyperband": (
+        "HyperbandPruner",
+        ["~hydra.sweeper.pruner_kwargs.n_startup_trials", "~hydra.sweeper.pruner_kwargs.n_warmup_steps",
+         "+hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("pruner", sorted(PRUNERS))
+def test_every_pruner_runs_a_sweep(pruner: str, tmp_path: Path) -> None:
+    """max_steps=10 is no multiple of val_every_n_steps=4: the final validation at 10 is reported too."""
+    pruner_class, kwargs = PRUNERS[pruner]
+    result = sweep(
+        tmp_path, "hparams_search=qlora", "hydra.sweeper.study_name=p", f"hydra.sweeper.pruner={pruner}",
+        *kwargs, "hydra.sweeper.n_trials=2", "trainer.max_steps=10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "p").trials
+    assert len(trials) == 2 and {t.user_attrs["pruner"] for t in trials} == {pruner_class}
+    assert trials[0].state == TrialState.COMPLETE and sorted(trials[0].intermediate_values) == [4, 8, 10]
+    for t in trials[1:]:  # the second may be pruned, at a validation before the end
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        expected = [4, 8, 10] if t.state == TrialState.COMPLETE else [4, 8][: len(t.intermediate_values)]
+        assert sorted(t.intermediate_values) == expected
+    if pruner == "hyperband":  # max_resource=auto: the trial's length, known before any trial ends
+        assert "max_resource=auto is trainer.max_steps=10" in result.stdout + result.stderr
+
+
+def test_random_sampler_custom_space_and_a_trial_shorter_than_val_every(tmp_path: Path) -> None:
+    """hydra/sweeper/sampler=random composes with the qlora search; custom_search_space adds a param;
+    a 3-step trial (val_every_n_steps=4) reports its only validation, the final one."""
+    result = sweep(
+        tmp_path, *QLORA, "hydra/sweeper/sampler=random", "hydra.sweeper.enqueue=[]",
+        "hydra.sweeper.custom_search_space=tests.search_space.warmup", "hydra.sweeper.n_trials=2",
+        "trainer.max_steps=3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "s").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        assert t.intermediate_values == {3: pytest.approx(t.value)}
+        assert "optim.warmup_ratio" in t.params
+        config = (tmp_path / "sweeps" / "s" / str(t.number) / "config.yaml").read_text()
+        assert f"warmup_ratio: {t.params['optim.warmup_ratio']}" in config
+
+
 def test_bad_sweeper_options_fail_cleanly(tmp_path: Path) -> None:
     result = sweep(tmp_path, *QLORA, "hydra.sweeper.pruner=nope", "hydra.sweeper.n_jobs=0")
     assert result.returncode != 0

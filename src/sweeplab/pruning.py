@@ -24,17 +24,20 @@ class PruningCallback(L.Callback):
         self.pruned_at: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == 0:
+        if trainer.sanity_checking or trainer.global_step == 0:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             return
-        self.trial.report(float(value), step=trainer.global_step)
-        # At the last step the work is done: pruning now would only throw the finished result away
-        # (successive halving's rungs can fall exactly on max_steps).
-        if trainer.global_step < trainer.max_steps and self.trial.should_prune():
-            self.pruned_at = trainer.global_step
-            trainer.should_stop = True
-            log.info(
-                "trial %d pruned at step %d (%s %.4f)", self.trial.number, self.pruned_at, self.monitor, value
-            )
+        step = trainer.global_step
+        # A retried trial inherits its predecessor's values; Optuna ignores a second report and warns.
+        if step not in self.trial.storage.get_trial(self.trial._trial_id).intermediate_values:
+            self.trial.report(float(value), step=step)
+        # The final validation (trainer.validate, after fit) and the one at max_steps may be the
+        # trial's result: reported above so the curve is whole, but pruning them saves no work and
+        # would throw a finished result away (successive halving's rungs can fall on max_steps).
+        if trainer.state.fn != "fit" or step >= trainer.max_steps or not self.trial.should_prune():
+            return
+        self.pruned_at = step
+        trainer.should_stop = True
+        log.info("trial %d pruned at step %d (%s %.4f)", self.trial.number, step, self.monitor, value)

@@ -128,6 +128,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
 
         pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("pruner", type(trial.study.pruner).__name__)  # the one that judged this trial
         # Earlier trials in this process must have let go of their models (a failed one's traceback
         # holds its frames): the sweeper collects them after each trial; this records that it worked.
         trial.set_user_attr("models_alive_at_start", _models_alive(module))
@@ -146,7 +147,8 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
         trial.set_user_attr("wall_s", time.perf_counter() - started)
         raise optuna.TrialPruned(f"pruned at step {pruning[0].pruned_at}")
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, val_loader, verbose=False)  # every run ends with final val metrics
+        # Every run ends with final val metrics; PruningCallback reports them to the trial too.
+        trainer.validate(module, val_loader, verbose=False)
 
     trained = [h for h in module.val_history if h["step"] > 0]
     if not trained:
@@ -306,7 +308,7 @@ def run(cfg: DictConfig) -> float:
     if os.environ.get("SWEEPLAB_TRIAL_ID"):  # only inside a sweeplab sweep: optuna stays unimported
         from sweeplab.trial import trial_from_env
 
-        trial = trial_from_env(HydraConfig.get().sweeper)
+        trial = trial_from_env(HydraConfig.get().sweeper, rc.trainer.max_steps)
     failed = True
     try:
         objective = fit(rc, run_dir, resolved, ckpt, trial)

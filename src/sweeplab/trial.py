@@ -12,28 +12,39 @@ from typing import Any
 import optuna
 
 TRIAL_ENV = "SWEEPLAB_TRIAL_ID"
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+}
 
 
-def build_pruner(name: str, kwargs: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
+def pruner_kwargs(name: str, kwargs: dict[str, Any] | None, max_steps: int | None) -> dict[str, Any]:
+    """Hyperband's max_resource=auto is every trial's length: known before the first trial ends."""
     kwargs = dict(kwargs or {})
-    if name == "none":
+    if name == "hyperband" and max_steps is not None and kwargs.get("max_resource", "auto") == "auto":
+        kwargs["max_resource"] = max_steps
+    return kwargs
+
+
+def build_pruner(
+    name: str, kwargs: dict[str, Any] | None = None, max_steps: int | None = None
+) -> optuna.pruners.BasePruner:
+    """The same pruner in the sweeper (the study's, which TPE reads) and in each job (which prunes)."""
+    if name not in PRUNERS:
+        raise ValueError(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {name!r}")
+    if name == "none":  # turning pruning off needs no removing of the previous pruner's kwargs
         return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(**kwargs)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(**kwargs)
-    raise ValueError(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {name!r}")
+    return PRUNERS[name](**pruner_kwargs(name, kwargs, max_steps))
 
 
-def trial_from_env(sweeper_cfg: Any) -> optuna.Trial | None:
+def trial_from_env(sweeper_cfg: Any, max_steps: int | None = None) -> optuna.Trial | None:
     """The trial this job runs for, or None outside a sweeplab sweep."""
     trial_id = os.environ.get(TRIAL_ENV)
     if not trial_id or sweeper_cfg is None or "pruner" not in sweeper_cfg:
         return None
-    pruner = build_pruner(sweeper_cfg.pruner, dict(sweeper_cfg.get("pruner_kwargs") or {}))
+    pruner = build_pruner(sweeper_cfg.pruner, dict(sweeper_cfg.get("pruner_kwargs") or {}), max_steps)
     storage = str(sweeper_cfg.storage)
     study = optuna.load_study(study_name=sweeper_cfg.study_name, storage=storage, pruner=pruner)
     return optuna.Trial(study, int(trial_id))

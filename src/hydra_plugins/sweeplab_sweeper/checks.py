@@ -6,6 +6,7 @@ after the study was created, or as every trial failing the same way.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from optuna.distributions import CategoricalDistribution
 
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
-from sweeplab.trial import PRUNERS
+from sweeplab.trial import PRUNERS, build_pruner, pruner_kwargs
 
 STORAGES = (
     "use sqlite:///relative/path.db, sqlite:////absolute/path.db or "
@@ -68,9 +69,74 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.heartbeat_interval must be >= 1 (seconds), got {beat}")
     if (retries := options["max_retries"]) < 0:
         problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
-    if not 0 <= (rate := options["max_failure_rate"]) <= 1:
-        problems.append(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {rate}")
+    if options["max_failure_rate"] is not None:
+        problems.append(
+            f"hydra.sweeper.max_failure_rate={options['max_failure_rate']} is not supported (upstream's "
+            "failure rate per batch; this sweeper runs no batches): use hydra.sweeper.max_failures=N, "
+            "the number of FAIL trials after which the sweep stops"
+        )
+    if (target := options["custom_search_space"]) is not None:
+        from hydra.utils import get_method
+
+        try:
+            get_method(target)
+        except Exception as exc:  # noqa: BLE001 - an import error of any kind, or not a callable
+            problems.append(
+                f"hydra.sweeper.custom_search_space={target}: {_oneline(exc)}; name a function "
+                "module.function(cfg, trial) that Python can import"
+            )
     return problems
+
+
+def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
+    """Pruner settings that would raise in every trial, or silently never prune these trials."""
+    if name not in PRUNERS or name == "none":
+        return []  # an unknown name is option_problems' to report
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else kwargs
+    allowed = [p for p in inspect.signature(PRUNERS[name]).parameters if p != "self"]
+    unknown = sorted(set(kwargs or {}) - set(allowed))
+    if unknown:
+        drop = " ".join(f"~hydra.sweeper.pruner_kwargs.{k}" for k in unknown)
+        return [
+            f"hydra.sweeper.pruner_kwargs: {unknown} not accepted by the {name} pruner (its keys: "
+            f"{allowed}); remove them ({drop}) or choose the pruner they belong to"
+        ]
+    try:
+        build_pruner(name, kwargs)
+    except (TypeError, ValueError) as exc:
+        return [f"hydra.sweeper.pruner_kwargs (pruner={name}): {_oneline(exc)}"]
+    try:
+        rc = validate(config)
+    except ConfigError:
+        return []  # config_problems reports it
+    max_steps, every = rc.trainer.max_steps, rc.trainer.val_every_n_steps
+    # Pruning stops a trial at a validation inside fit; the one at max_steps saves nothing.
+    last = (max_steps - 1) // every * every
+    where = f"trainer.max_steps={max_steps} with trainer.val_every_n_steps={every}"
+    if last == 0:
+        return [
+            f"hydra.sweeper.pruner={name}: {where} leaves no validation before the end, so no trial could "
+            "be pruned; lower trainer.val_every_n_steps, or set hydra.sweeper.pruner=none"
+        ]
+    kwargs = pruner_kwargs(name, kwargs, max_steps)
+    first, key = 0, None
+    if name == "median":
+        first, key = kwargs.get("n_warmup_steps", 0), "n_warmup_steps"
+    elif isinstance(kwargs.get("min_resource", "auto"), int):  # successive_halving, hyperband
+        rate = kwargs.get("min_early_stopping_rate", 0)
+        first, key = kwargs["min_resource"] * kwargs.get("reduction_factor", 4) ** rate, "min_resource"
+    if first > last:
+        return [
+            f"hydra.sweeper.pruner_kwargs.{key}={kwargs[key]}: the {name} pruner cannot act before step "
+            f"{first}, but {where} validates last before the end at step {last}; lower {key}, or set "
+            "hydra.sweeper.pruner=none"
+        ]
+    if name == "hyperband" and kwargs["max_resource"] != max_steps:
+        return [
+            f"hydra.sweeper.pruner_kwargs.max_resource={kwargs['max_resource']} must be trainer.max_steps="
+            f"{max_steps} (a trial's full length, which sets Hyperband's brackets) or auto"
+        ]
+    return []
 
 
 def space_problems(params: DictConfig | None, arguments: list[str], config: DictConfig) -> list[str]:
@@ -218,6 +284,11 @@ def _sqlite_problem(where: str, database: str | None) -> str | None:
     path = Path(database).resolve()
     if path.is_dir():
         return f"{where}: {path} is a directory; name a database file in it, e.g. {path / 'optuna.db'}"
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:  # read only: the file must stay exactly as it is
+            header = handle.read(16)
+        if header != b"SQLite format 3\x00":
+            return f"{where}: {path} exists and is not an SQLite database; name a new or existing .db file"
     existing = next(p for p in path.parents if p.exists())
     if not existing.is_dir():
         return f"{where}: cannot create {path.parent}: {existing} is a file, not a directory"

@@ -12,8 +12,13 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 @dataclass
 class SweeplabSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.sweeplab_sweeper.sweeper.SweeplabSweeper"
-    # none | median | successive_halving | hyperband; the job reports val/loss at every validation.
+    # none | median | successive_halving | hyperband; the job reports the objective at every validation
+    # (the final one too) and may be stopped at any but the final one. The study and every job build
+    # the same pruner (TPE reads it: under Hyperband it models each bracket's trials apart).
     pruner: str = "median"
+    # The pruner's own arguments, checked against its signature and trainer.max_steps before the study
+    # exists: a value that could never prune is refused. Hyperband's max_resource=auto is max_steps.
+    # With pruner=none they are not used (so turning pruning off needs no other change).
     pruner_kwargs: dict[str, Any] = field(default_factory=dict)
     # Known recipes run as the first trials of a new study: [{recipe: name, params: {key: value}}].
     enqueue: list[Any] = field(default_factory=list)
@@ -21,6 +26,12 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     n_jobs: int = 1
     # FAIL trials do not count toward n_trials; beyond this many the sweep stops (default: n_trials).
     max_failures: int | None = None
+    # Upstream's failure rate per batch of trials; this sweeper runs no batches and stops on
+    # max_failures alone, so any value is refused (one rule, not two overlapping ones).
+    max_failure_rate: float | None = None
+    # Upstream's hook, honoured: module.function(cfg, trial) called on each asked trial; the params it
+    # suggests become overrides of that trial, like hydra.sweeper.params.
+    custom_search_space: str | None = None
     # A worker that dies mid-trial stops beating; its trial turns FAIL and its params run again.
     heartbeat_interval: int = 30
     grace_period: int | None = None

@@ -24,7 +24,7 @@ import optuna
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
@@ -36,7 +36,7 @@ from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, s
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
 from sweeplab.secrets import install_log_redaction, redact_text
-from sweeplab.trial import TRIAL_ENV
+from sweeplab.trial import TRIAL_ENV, build_pruner
 
 log = logging.getLogger(__name__)
 # Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
@@ -50,9 +50,12 @@ SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"
 
 class SweeplabSweeperImpl(OptunaSweeperImpl):
     def __init__(self, sampler_cfg: DictConfig, extra: dict[str, Any], **upstream: Any) -> None:
-        super().__init__(sampler=None, **upstream)
+        super().__init__(sampler=None, max_failure_rate=0.0, custom_search_space=None, **upstream)
         self.sampler_cfg = sampler_cfg
+        if extra["custom_search_space"]:  # the user named it: trusted like callbacks.extra's targets
+            self.custom_search_space_extender = get_method(extra["custom_search_space"])
         self.pruner = extra["pruner"]
+        self.pruner_kwargs = dict(extra["pruner_kwargs"] or {})
         self.enqueue = extra["enqueue"]
         self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
         self.heartbeat_interval = extra["heartbeat_interval"]
@@ -160,10 +163,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     f"sweep would {directions[0]}; choose a new hydra.sweeper.study_name"
                 ],
             )
+        max_steps = self.config.trainer.max_steps
+        if self.pruner == "hyperband" and self.pruner_kwargs.get("max_resource", "auto") == "auto":
+            log.info("hyperband pruner: max_resource=auto is trainer.max_steps=%d", max_steps)
         return optuna.create_study(
             study_name=self.study_name,
             storage=storage,
             sampler=self.sampler_for(0),
+            pruner=build_pruner(self.pruner, self.pruner_kwargs, max_steps),
             directions=directions,
             load_if_exists=True,
         )
@@ -379,6 +386,8 @@ class SweeplabSweeper(Sweeper):
                 "pruner_kwargs",
                 "enqueue",
                 "max_failures",
+                "max_failure_rate",
+                "custom_search_space",
                 "heartbeat_interval",
                 "grace_period",
                 "max_retries",
@@ -392,6 +401,7 @@ class SweeplabSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         impl = self.impl  # everything checked before a storage, study or trial exists
         space = checks.space_problems(impl.params, arguments, impl.config)
+        space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
         checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
         url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
