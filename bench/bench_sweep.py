@@ -53,13 +53,22 @@ PROBLEMS = {
         "trials": 16,
         "max_steps": 30,
         "val_every": 10,
-        "overrides": ["model=base", "model.gradient_checkpointing=false", "data.batch_size=4", "data.n_val=32"],
+        "overrides": [
+            "model=base",
+            "model.gradient_checkpointing=false",
+            "data.batch_size=4",
+            "data.n_val=32",
+        ],
     },
 }
 METHODS = {
     "default": ["hparams_search=qlora"],
     "random": ["hparams_search=qlora_wide", "hydra/sweeper/sampler=random", "hydra.sweeper.pruner=none"],
-    "random-same-space": ["hparams_search=qlora", "hydra/sweeper/sampler=random", "hydra.sweeper.pruner=none"],
+    "random-same-space": [
+        "hparams_search=qlora",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.pruner=none",
+    ],
 }
 # Candidates measured against the default before choosing it (kept so the choice can be re-checked).
 CANDIDATES = {

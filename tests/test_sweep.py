@@ -56,7 +56,10 @@ def test_sweep_stores_every_trial(five_trials: Path) -> None:
     # keys outside the space (the recipe's alpha/r scaling) reach the recipe's trial, and only it
     assert trials[0].user_attrs["recipe_overrides"] == {"lora.alpha": 16, "lora.use_rslora": False}
     assert trials[1].user_attrs["recipe"] == "guanaco" and trials[1].params["lora.r"] == 64
-    lora = [yaml.safe_load((five_trials / "sweeps" / "s" / str(n) / "config.yaml").read_text())["lora"] for n in (0, 4)]
+    lora = [
+        yaml.safe_load((five_trials / "sweeps" / "s" / str(n) / "config.yaml").read_text())["lora"]
+        for n in (0, 4)
+    ]
     assert (lora[0]["use_rslora"], lora[0]["alpha"]) == (False, 16)
     assert (lora[1]["use_rslora"], lora[1]["alpha"]) == (True, 16)  # the space's fixed values
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
@@ -128,17 +131,15 @@ def test_each_trial_is_its_own_wandb_run(tmp_path: Path) -> None:
 
 # Every pruner, set so it can act on a 10-step trial (validations at 4 and 8; the final one at 10).
 PRUNERS = {
-    "median": ("MedianPruner", ["hydra.sweeper.pruner_kwargs={n_startup_trials: 1, n_warmup_steps: 4}"]),
+    "median": (
+        "MedianPruner",
+        ["~hydra.sweeper.pruner_kwargs.min_resource", "~hydra.sweeper.pruner_kwargs.reduction_factor",
+         "+hydra.sweeper.pruner_kwargs={n_startup_trials: 1, n_warmup_steps: 4}"],
+    ),
     "successive_halving": (
-        "SuccessiveHalvingPruner",
-        ["~hydra.sweeper.pruner_kwargs.n_startup_trials", "~hydra.sweeper.pruner_kwargs.n_warmup_steps",
-         "+hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"],
+        "SuccessiveHalvingPruner", ["hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"]
     ),
-    "hyperband": (
-        "HyperbandPruner",
-        ["~hydra.sweeper.pruner_kwargs.n_startup_trials", "~hydra.sweeper.pruner_kwargs.n_warmup_steps",
-         "+hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"],
-    ),
+    "hyperband": ("HyperbandPruner", ["hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"]),
 }  # fmt: skip
 
 
@@ -186,3 +187,19 @@ def test_bad_sweeper_options_fail_cleanly(tmp_path: Path) -> None:
     assert "hydra.sweeper.pruner must be one of" in result.stderr and "hydra.sweeper.n_jobs" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "sweeps" / "optuna.db").exists()
+
+
+def test_patience_stops_a_study_whose_best_stopped_moving(tmp_path: Path) -> None:
+    """The good recipe first, then two hopeless trials: with patience=2 the sweep ends after 3 of 6."""
+    args = [
+        TEST_CONF,
+        "hparams_search=hopeless_corner",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.patience=2",
+    ]
+    result = sweep(tmp_path, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(load(tmp_path, "hopeless").trials) == 3
+    assert "(hydra.sweeper.patience=2): stopping the sweep" in result.stdout + result.stderr
+    again = sweep(tmp_path, *args)  # a rerun agrees instead of running more
+    assert again.returncode == 0 and len(load(tmp_path, "hopeless").trials) == 3

@@ -69,6 +69,8 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.heartbeat_interval must be >= 1 (seconds), got {beat}")
     if (retries := options["max_retries"]) < 0:
         problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
+    if (patience := options["patience"]) is not None and patience < 1:
+        problems.append(f"hydra.sweeper.patience must be >= 1 (finished trials) or null, got {patience}")
     if options["max_failure_rate"] is not None:
         problems.append(
             f"hydra.sweeper.max_failure_rate={options['max_failure_rate']} is not supported (upstream's "

@@ -37,6 +37,9 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     grace_period: int | None = None
     # How often a killed trial's params run again (from its last checkpoint); interruptions are free.
     max_retries: int = 1
+    # Opt-in: stop the study once the best has not improved over this many finished trials
+    # (COMPLETE or PRUNED, in trial order); null runs all n_trials. A rerun stops at once too.
+    patience: int | None = None
 
 
 ConfigStore.instance().store(

@@ -61,6 +61,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.heartbeat_interval = extra["heartbeat_interval"]
         self.grace_period = extra["grace_period"]
         self.max_retries = extra["max_retries"]
+        self.patience = extra["patience"]
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
@@ -225,6 +226,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                         self.max_failures,
                     )
                     return False
+                if self.patience is not None and (since := trials_since_best(study, trials)) >= self.patience:
+                    log.info(
+                        "the best has not improved over the last %d finished trials "
+                        "(hydra.sweeper.patience=%d): stopping the sweep",
+                        since,
+                        self.patience,
+                    )
+                    return True
                 study.sampler = self.sampler_for(len(study.trials))
                 trial = study.ask()
                 claim(study, trial)
@@ -281,6 +290,21 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         trial.set_user_attr("fail_kind", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+
+
+def trials_since_best(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Finished trials after the first one holding the best value (0 while none is COMPLETE)."""
+    finished = [
+        t
+        for t in sorted(trials, key=lambda t: t.number)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    if not complete:
+        return 0
+    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    best = pick(complete, key=lambda t: t.value)  # the first of equal values: a tie is no improvement
+    return len(finished) - 1 - finished.index(best)
 
 
 def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
@@ -391,6 +415,7 @@ class SweeplabSweeper(Sweeper):
                 "heartbeat_interval",
                 "grace_period",
                 "max_retries",
+                "patience",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)

@@ -129,7 +129,11 @@ def shell_value(value: Any) -> str:
 def best_command(study: optuna.Study, best: FrozenTrial) -> str:
     base = study.user_attrs.get("command") or DEFAULT_COMMAND
     # the space's fixed values, the drawn params, then a recipe's own keys: later ones win
-    values = {**study.user_attrs.get("fixed", {}), **best.params, **best.user_attrs.get("recipe_overrides", {})}
+    values = {
+        **study.user_attrs.get("fixed", {}),
+        **best.params,
+        **best.user_attrs.get("recipe_overrides", {}),
+    }
     return " ".join([base, *(f"{key}={shell_value(value)}" for key, value in values.items())])
 
 
