@@ -251,16 +251,19 @@ def test_bad_input_fails_cleanly(case: str, tmp_path: Path) -> None:
 
 SMALL = ["model=tiny", "logger=csv", "trainer.max_steps=2", "trainer.enable_progress_bar=false"]
 TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
-# pruner=none: the default median pruner's warmup (100 steps) could never act in a 2-step trial, a
-# mistake of its own (cases below) that would otherwise be reported beside every case's.
+# pruner=none: the default pruner's first rung (the first validation) could never act in a 2-step
+# trial, a mistake of its own (cases below) that would otherwise be reported beside every case's.
 QLORA = [
     "hparams_search=qlora",
     "hydra.sweeper.study_name=s",
     "hydra.sweeper.n_trials=1",
     "hydra.sweeper.pruner=none",
 ]
+ASHA = "hydra.sweeper.pruner=successive_halving"  # the qlora default, which QLORA above turns off
 SHORT = ["trainer.max_steps=12", "trainer.val_every_n_steps=4"]  # validations at 4 and 8 can prune
-NOT_MEDIAN = ["~hydra.sweeper.pruner_kwargs.n_startup_trials", "~hydra.sweeper.pruner_kwargs.n_warmup_steps"]
+# the qlora search's successive-halving arguments, swapped for the median pruner's
+MEDIAN = ["hydra.sweeper.pruner=median", "~hydra.sweeper.pruner_kwargs.min_resource",
+          "~hydra.sweeper.pruner_kwargs.reduction_factor"]  # fmt: skip
 
 
 def sweep(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -332,43 +335,33 @@ SWEEP_CASES = {
         "module.function(cfg, trial)",
     ),
     # pruner settings that would raise in every trial or never prune
-    "median keys left for hyperband": (
-        lambda d: ["hydra.sweeper.pruner=hyperband", *SHORT],
-        "['n_startup_trials', 'n_warmup_steps'] not accepted by the hyperband pruner",
-        "~hydra.sweeper.pruner_kwargs.n_startup_trials",
+    "successive-halving keys left for median": (
+        lambda d: ["hydra.sweeper.pruner=median", *SHORT],
+        "['min_resource', 'reduction_factor'] not accepted by the median pruner",
+        "~hydra.sweeper.pruner_kwargs.min_resource",
     ),
     "pruner argument out of range": (
-        lambda d: ["hydra.sweeper.pruner=median", "hydra.sweeper.pruner_kwargs.n_startup_trials=-1", *SHORT],
-        "hydra.sweeper.pruner_kwargs (pruner=median)",
-        "n_startup_trials=-1",
+        lambda d: [ASHA, "hydra.sweeper.pruner_kwargs.reduction_factor=1", *SHORT],
+        "hydra.sweeper.pruner_kwargs (pruner=successive_halving)",
+        "reduction_factor >= 2",
     ),
     "median warmup beyond the run": (
-        lambda d: ["hydra.sweeper.pruner=median", *SHORT],
+        lambda d: [*MEDIAN, "+hydra.sweeper.pruner_kwargs.n_warmup_steps=100", *SHORT],
         "hydra.sweeper.pruner_kwargs.n_warmup_steps=100: the median pruner cannot act before step 100",
         "at step 8; lower n_warmup_steps, or set hydra.sweeper.pruner=none",
     ),
     "pruner with no validation before the end": (
-        lambda d: ["hydra.sweeper.pruner=median", "trainer.max_steps=4", "trainer.val_every_n_steps=4"],
+        lambda d: [ASHA, "trainer.max_steps=4", "trainer.val_every_n_steps=4"],
         "trainer.max_steps=4 with trainer.val_every_n_steps=4 leaves no validation before the end",
         "hydra.sweeper.pruner=none",
     ),
     "successive halving rung beyond the run": (
-        lambda d: [
-            "hydra.sweeper.pruner=successive_halving",
-            *NOT_MEDIAN,
-            "+hydra.sweeper.pruner_kwargs.min_resource=10",
-            *SHORT,
-        ],
+        lambda d: [ASHA, "hydra.sweeper.pruner_kwargs.min_resource=10", *SHORT],
         "hydra.sweeper.pruner_kwargs.min_resource=10",
         "lower min_resource",
     ),
     "hyperband max_resource that is not the run's length": (
-        lambda d: [
-            "hydra.sweeper.pruner=hyperband",
-            *NOT_MEDIAN,
-            "+hydra.sweeper.pruner_kwargs.max_resource=50",
-            *SHORT,
-        ],
+        lambda d: ["hydra.sweeper.pruner=hyperband", "+hydra.sweeper.pruner_kwargs.max_resource=50", *SHORT],
         "hydra.sweeper.pruner_kwargs.max_resource=50 must be trainer.max_steps=12",
         "or auto",
     ),
