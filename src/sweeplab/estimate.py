@@ -108,16 +108,19 @@ def meta_peft_model(config: Any, rc: RunConfig) -> Any:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         model = AutoModelForCausalLM.from_config(config)
         lora = rc.lora
-        peft_config = PeftLoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            use_rslora=lora.use_rslora,
-            lora_dropout=lora.dropout,
-            bias=lora.bias,
-            target_modules=lora.target_modules,
-            layers_to_transform=lora.layers_to_transform,
-            task_type="CAUSAL_LM",
-        )
+        try:
+            peft_config = PeftLoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                use_rslora=lora.use_rslora,
+                lora_dropout=lora.dropout,
+                bias=lora.bias,
+                target_modules=lora.target_modules,
+                layers_to_transform=lora.layers_to_transform,
+                task_type="CAUSAL_LM",
+            )
+        except ValueError as exc:  # e.g. layers_to_transform with the all-linear keyword
+            raise ConfigError(f"lora: peft refuses this adapter: {exc}") from None
         for p in model.parameters():  # prepare_model_for_kbit_training freezes the base first
             p.requires_grad_(False)
         return get_peft_model(model, peft_config)
@@ -143,6 +146,7 @@ class Estimate:
     activations: float  # no gradient checkpointing
     activations_ckpt: float  # with gradient checkpointing
     gradient_checkpointing: bool
+    precision: str  # Lightning precision the activations were sized for
     flops_per_token: float  # training step, as configured (recompute included with checkpointing)
     forward_flops_per_token: float
 
@@ -248,6 +252,7 @@ def estimate(rc: RunConfig, label: str = "") -> Estimate:
         activations=activations,
         activations_ckpt=activations_ckpt,
         gradient_checkpointing=rc.model.gradient_checkpointing,
+        precision=precision,
         flops_per_token=forward + backward + recompute,
         forward_flops_per_token=forward,
     )
@@ -259,6 +264,10 @@ def millions(n: float) -> str:
 
 def gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 2**20:.1f} MiB"
+
+
+def flops(n: float) -> str:
+    return f"{n / 1e9:.2f} GFLOP" if n >= 1e8 else f"{n / 1e6:.2f} MFLOP"
 
 
 def report(e: Estimate, rc: RunConfig) -> str:
@@ -281,13 +290,13 @@ def report(e: Estimate, rc: RunConfig) -> str:
         f"  gradients            {gib(e.gradients):>12}  fp32, trainable params only",
         f"  optimizer state      {gib(e.optimizer):>12}  {rc.optim.name}",
         f"  activations          {gib(e.activations):>12}  without gradient checkpointing "
-        f"(batch {rc.data.batch_size} x seq {rc.data.max_seq_len})",
+        f"(batch {rc.data.batch_size} x seq {rc.data.max_seq_len}, {e.precision}; "
+        "trainer.accelerator=cpu sizes a CPU run)",
         f"  activations (ckpt)   {gib(e.activations_ckpt):>12}  with gradient checkpointing",
         f"  total                {gib(e.total):>12}  gradient checkpointing {ckpt} "
         "(model.gradient_checkpointing); CUDA context and allocator slack not included",
-        f"FLOPs per token: {e.flops_per_token / 1e9:.2f} GFLOP per training token "
-        f"({e.forward_flops_per_token / 1e9:.2f} forward); 6N full fine-tuning would be "
-        f"{6 * e.total_params / 1e9:.2f}",
+        f"FLOPs per training token: {flops(e.flops_per_token)} ({flops(e.forward_flops_per_token)} "
+        f"forward); full fine-tuning (6N) would be {flops(6 * e.total_params)}",
         "where a 16-bit-constants guide is wrong:",
         f"  bitsandbytes stores absmax in fp32 (0.5 bit/param, 0.127 double-quantized), not fp16 "
         f"(0.25 bit/param: {gib(fp16_constants)} here)",
@@ -297,7 +306,10 @@ def report(e: Estimate, rc: RunConfig) -> str:
     return "\n".join(lines)
 
 
-COLUMNS = ("config", "total", "trainable", "modules", "4bit+const", "kept", "lora+grad+opt", "act", "act(ckpt)", "peak", "GFLOP/tok")  # fmt: skip
+COLUMNS = (
+    "config", "total", "trainable", "modules", "4bit+const", "kept", "lora+grad+opt", "act", "act(ckpt)",
+    "peak", "FLOP/token",
+)  # fmt: skip
 
 
 def row(e: Estimate) -> list[str]:
@@ -312,7 +324,7 @@ def row(e: Estimate) -> list[str]:
         gib(e.activations),
         gib(e.activations_ckpt),
         gib(e.total),
-        f"{e.flops_per_token / 1e9:.2f}",
+        flops(e.flops_per_token),
     ]
 
 
