@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install train sweep report dashboard test test-fast lint format bench bench-toolcalls clean
+.PHONY: help install train estimate sweep report dashboard test test-fast lint format bench bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ install: .venv/.installed  ## venv with the exact pins of constraints.txt (idemp
 
 train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="optim.lr=3e-4"
 	$(PY) -m sweeplab.train $(ARGS)
+
+estimate: install  ## params, LoRA modules, memory, FLOPs; no weights load: ARGS="model=qwen2.5-1.5b lora=r8"
+	$(PY) -m sweeplab.estimate $(ARGS)
 
 sweep: install  ## Optuna sweep (hparams_search=qlora); re-run to resume; ARGS="hydra.sweeper.n_trials=20"
 	$(PY) -m sweeplab.train --multirun hparams_search=qlora $(ARGS)

@@ -1,0 +1,402 @@
+"""Parameters, memory and FLOPs of a QLoRA run from its config alone: no weights download or load.
+
+python -m sweeplab.estimate model=qwen2.5-1.5b lora=r8 data.batch_size=1 data.max_seq_len=2048
+python -m sweeplab.estimate --multirun model=qwen2.5-1.5b lora.r=4,8,16 lora.targets=all-linear,qv
+
+The model is built on the meta device from its transformers config and wrapped by peft exactly as
+sweeplab.model does, so trainable parameters and wrapped modules are counted, not modelled. Every
+memory and FLOP formula is in docs/ESTIMATE.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeplab.config import RunConfig
+from sweeplab.errors import ConfigError
+
+GIB = 2**30
+# bitsandbytes 4-bit: one absmax per 64 weights; double quantization stores it in 8 bits with one
+# fp32 absmax per 256 of those (QLoRA paper, section 3).
+QUANT_BLOCK = 64
+DQ_BLOCK = 256
+OPTIM8_BLOCK = 256  # bitsandbytes 8-bit optimizers: one fp32 absmax per 256 values of each state
+OPTIM8_MIN_SIZE = 4096  # smaller tensors keep 32-bit states (bitsandbytes' min_8bit_size default)
+
+# Architecture of the hub presets, from each model's config.json, for estimates without the hub.
+HUB_SHAPES: dict[str, dict[str, Any]] = {
+    "Qwen/Qwen2.5-1.5B-Instruct": dict(
+        model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+        num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+    ),
+    "Qwen/Qwen2.5-0.5B-Instruct": dict(
+        model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+    ),
+    "meta-llama/Llama-3.2-1B-Instruct": dict(
+        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True,
+    ),
+    "HuggingFaceTB/SmolLM2-360M-Instruct": dict(
+        model_type="llama", hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+        num_attention_heads=15, num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True,
+    ),
+    "SmolLM2-135M-Instruct.Q4_1.gguf": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+
+
+def architecture(rc: RunConfig) -> tuple[Any, str]:
+    """(transformers config, where it came from): a config.json on disk first, else the shape table."""
+    from transformers import AutoConfig, LlamaConfig
+
+    cache = Path(rc.paths.cache_dir).expanduser()
+    m = rc.model
+    if m.embedded is not None:
+        from sweeplab.base import cache_key
+
+        built = cache / "embedded" / cache_key(m.embedded) / "config.json"
+        if built.is_file():
+            return AutoConfig.from_pretrained(built.parent), str(built)
+        e = m.embedded  # the same LlamaConfig as sweeplab.base._build; the built tokenizer fills vocab_size
+        config = LlamaConfig(
+            vocab_size=e.vocab_size, hidden_size=e.hidden_size, intermediate_size=e.intermediate_size,
+            num_hidden_layers=e.num_layers, num_attention_heads=e.num_heads, num_key_value_heads=e.num_heads,
+            max_position_embeddings=e.max_position_embeddings, tie_word_embeddings=True,
+        )  # fmt: skip
+        return config, f"model.embedded ({e.name})"
+    if m.gguf is not None:
+        name = Path(m.gguf.file).name
+        converted = sorted((cache / "models").glob(f"{Path(name).stem}-*/config.json"))
+        if converted:
+            return AutoConfig.from_pretrained(converted[-1].parent), str(converted[-1])
+        key = name
+    else:
+        key = m.name_or_path
+        try:  # a local directory, or a copy in the Hugging Face cache; never the network
+            config = AutoConfig.from_pretrained(
+                key, local_files_only=True, trust_remote_code=m.trust_remote_code
+            )
+            return config, f"{key} (config.json)"
+        except (OSError, ValueError):
+            pass
+    if key not in HUB_SHAPES:
+        raise ConfigError(
+            f"no architecture for {key!r}: no config.json on disk and not a built-in preset "
+            f"({', '.join(HUB_SHAPES)}); point model.name_or_path at a directory with its config.json"
+        )
+    shape = dict(HUB_SHAPES[key])
+    return AutoConfig.for_model(shape.pop("model_type"), **shape), "built-in shape table"
+
+
+def meta_peft_model(config: Any, rc: RunConfig) -> Any:
+    """The base on the meta device, wrapped by peft with the same LoraConfig as sweeplab.model.wrap_lora."""
+    import warnings
+
+    import torch
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        model = AutoModelForCausalLM.from_config(config)
+        lora = rc.lora
+        try:
+            peft_config = PeftLoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                use_rslora=lora.use_rslora,
+                lora_dropout=lora.dropout,
+                bias=lora.bias,
+                target_modules=lora.target_modules,
+                layers_to_transform=lora.layers_to_transform,
+                task_type="CAUSAL_LM",
+            )
+        except ValueError as exc:  # e.g. layers_to_transform with the all-linear keyword
+            raise ConfigError(f"lora: peft refuses this adapter: {exc}") from None
+        for p in model.parameters():  # prepare_model_for_kbit_training freezes the base first
+            p.requires_grad_(False)
+        return get_peft_model(model, peft_config)
+
+
+@dataclass
+class Estimate:
+    """One row: counts are exact (from the meta model), bytes and FLOPs follow docs/ESTIMATE.md."""
+
+    label: str
+    source: str
+    total_params: int  # base + LoRA, tied weights once
+    trainable_params: int
+    lora_modules: int
+    quantized_params: int  # Linear weights stored in 4 bits
+    kept_params: int  # embeddings, untied head, norms, biases: not quantized
+    weights_4bit: float  # bytes, 0.5 per parameter
+    quant_constants: float  # bytes
+    kept_weights: float  # bytes, fp32 after peft's prepare_model_for_kbit_training
+    lora_weights: float
+    gradients: float
+    optimizer: float
+    activations: float  # no gradient checkpointing
+    activations_ckpt: float  # with gradient checkpointing
+    gradient_checkpointing: bool
+    precision: str  # Lightning precision the activations were sized for
+    flops_per_token: float  # training step, as configured (recompute included with checkpointing)
+    forward_flops_per_token: float
+
+    @property
+    def total(self) -> float:
+        acts = self.activations_ckpt if self.gradient_checkpointing else self.activations
+        static = self.weights_4bit + self.quant_constants + self.kept_weights + self.lora_weights
+        return static + self.gradients + self.optimizer + acts
+
+    @property
+    def constant_bits(self) -> float:
+        return 8 * self.quant_constants / self.quantized_params if self.quantized_params else 0.0
+
+
+def quant_constant_bytes(numel: int, double_quant: bool) -> float:
+    """absmax per 64-weight block: fp32, or 8 bits plus one fp32 per 256 blocks with double quant."""
+    blocks = math.ceil(numel / QUANT_BLOCK)
+    if not double_quant:
+        return 4.0 * blocks
+    return 1.0 * blocks + 4.0 * math.ceil(blocks / DQ_BLOCK)
+
+
+def optimizer_bytes(numel: int, name: str) -> float:
+    if name == "adamw" or numel < OPTIM8_MIN_SIZE:
+        return 8.0 * numel  # exp_avg and exp_avg_sq in fp32
+    return 2.0 * numel + 2 * 4.0 * math.ceil(numel / OPTIM8_BLOCK)  # two uint8 states + their absmax
+
+
+def estimate(rc: RunConfig, label: str = "") -> Estimate:
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    config, source = architecture(rc)
+    model = meta_peft_model(config, rc)
+    base = model.get_base_model()
+    head = base.get_output_embeddings()
+    lora_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+    quantized = kept = consts = 0.0
+    for name, module in base.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if "lora_" in name or (module is head and getattr(config, "tie_word_embeddings", False)):
+                continue  # LoRA counted below; a tied head is the embedding, counted once
+            quantizable = isinstance(module, torch.nn.Linear) and module is not head and pname == "weight"
+            if rc.model.quant.load_in_4bit and quantizable:
+                quantized += p.numel()
+                consts += quant_constant_bytes(p.numel(), rc.model.quant.double_quant)
+            else:
+                kept += p.numel()
+    lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_lora = sum(p.numel() for p in lora_params)
+    n_trainable = sum(p.numel() for p in trainable)
+
+    # Compute dtype: fp16 on a GPU (trainer.precision=auto), fp32 on CPU (sweeplab.precision).
+    on_cpu = rc.trainer.accelerator == "cpu"
+    precision = (
+        rc.trainer.precision if rc.trainer.precision != "auto" else ("32-true" if on_cpu else "16-mixed")
+    )
+    act_bytes = 4 if precision == "32-true" else 2
+    h, i, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    h_kv = config.num_key_value_heads * head_dim
+    vocab = config.vocab_size
+    tokens = rc.data.batch_size * rc.data.max_seq_len
+
+    # Per token and layer (docs/ESTIMATE.md): residual stream and norms in fp32 (peft upcasts
+    # embeddings and norm weights), matmul outputs saved for backward in the compute dtype.
+    per_layer = 6 * h * 4 + (3 * h + 2 * h_kv + 4 * i) * act_bytes
+    lora_copy = rc.lora.dropout > 0 or act_bytes != 4  # the LoRA branch keeps its own copy of x
+    for _, layer in lora_layers:
+        d_in = layer.in_features
+        per_layer_share = rc.lora.r * act_bytes + (d_in * act_bytes if lora_copy else 0)
+        per_layer_share += d_in if rc.lora.dropout > 0 else 0  # dropout mask, one byte per element
+        per_layer += per_layer_share / n_layers  # averaged: layers_to_transform may wrap only some
+    logits = 12 * vocab  # fp32 log-softmax output, its gradient and the logits' gradient at the loss
+    outside = 3 * h * 4  # embedding output, final norm input and output
+    activations = tokens * (n_layers * per_layer + logits + outside)
+    activations_ckpt = tokens * (n_layers * h * 4 + per_layer + logits + outside)
+
+    # FLOPs per token: 2 per multiply-add. Frozen weights need only activation gradients (2N), not
+    # weight gradients: 4N per token instead of the 6N of full training (docs/ESTIMATE.md).
+    n_matmul = quantized + (head.weight.numel() if head is not None else 0)  # the head is not recomputed
+    attn = 2 * n_layers * rc.data.max_seq_len * config.num_attention_heads * head_dim
+    forward = 2 * n_matmul + 2 * n_lora + attn
+    backward = 2 * n_matmul + 2 * attn + 4 * n_lora
+    recompute = forward - 2 * (n_matmul - quantized) if rc.model.gradient_checkpointing else 0
+
+    return Estimate(
+        label=label,
+        source=source,
+        total_params=int(quantized + kept + n_lora),
+        trainable_params=n_trainable,
+        lora_modules=len(lora_layers),
+        quantized_params=int(quantized),
+        kept_params=int(kept),
+        weights_4bit=quantized / 2,
+        quant_constants=consts,
+        kept_weights=4.0 * kept,
+        lora_weights=4.0 * n_lora,
+        gradients=4.0 * n_trainable,
+        optimizer=sum(optimizer_bytes(p.numel(), rc.optim.name) for p in trainable),
+        activations=activations,
+        activations_ckpt=activations_ckpt,
+        gradient_checkpointing=rc.model.gradient_checkpointing,
+        precision=precision,
+        flops_per_token=forward + backward + recompute,
+        forward_flops_per_token=forward,
+    )
+
+
+def millions(n: float) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 2**20:.1f} MiB"
+
+
+def flops(n: float) -> str:
+    return f"{n / 1e9:.2f} GFLOP" if n >= 1e8 else f"{n / 1e6:.2f} MFLOP"
+
+
+def report(e: Estimate, rc: RunConfig) -> str:
+    """The full breakdown of one configuration, with the guide's two mistakes made visible."""
+    q = rc.model.quant
+    fp16_constants = 2.0 * e.quantized_params / QUANT_BLOCK
+    ckpt = "on" if e.gradient_checkpointing else "off"
+    lines = [
+        f"architecture: {e.source}",
+        f"parameters: {e.total_params:,} total, {e.trainable_params:,} trainable "
+        f"({100 * e.trainable_params / e.total_params:.2f}%), {e.lora_modules} LoRA modules "
+        f"(lora.targets={rc.lora.targets}, r={rc.lora.r})",
+        "memory (training, one device):",
+        f"  4-bit weights        {gib(e.weights_4bit):>12}  {e.quantized_params:,} Linear weights x 0.5 byte",
+        f"  quant constants      {gib(e.quant_constants):>12}  {e.constant_bits:.3f} bit/param "
+        f"({'8-bit absmax + fp32 per 256 blocks' if q.double_quant else 'fp32 absmax per 64'})",
+        f"  16/32-bit layers     {gib(e.kept_weights):>12}  {e.kept_params:,} params: embeddings, "
+        "head, norms, biases (fp32 after peft's upcast)",
+        f"  LoRA weights         {gib(e.lora_weights):>12}  fp32",
+        f"  gradients            {gib(e.gradients):>12}  fp32, trainable params only",
+        f"  optimizer state      {gib(e.optimizer):>12}  {rc.optim.name}",
+        f"  activations          {gib(e.activations):>12}  without gradient checkpointing "
+        f"(batch {rc.data.batch_size} x seq {rc.data.max_seq_len}, {e.precision}; "
+        "trainer.accelerator=cpu sizes a CPU run)",
+        f"  activations (ckpt)   {gib(e.activations_ckpt):>12}  with gradient checkpointing",
+        f"  total                {gib(e.total):>12}  gradient checkpointing {ckpt} "
+        "(model.gradient_checkpointing); CUDA context and allocator slack not included",
+        f"FLOPs per training token: {flops(e.flops_per_token)} ({flops(e.forward_flops_per_token)} "
+        f"forward); full fine-tuning (6N) would be {flops(6 * e.total_params)}",
+        "where a 16-bit-constants guide is wrong:",
+        f"  bitsandbytes stores absmax in fp32 (0.5 bit/param, 0.127 double-quantized), not fp16 "
+        f"(0.25 bit/param: {gib(fp16_constants)} here)",
+        f"  embeddings, head and norms are not quantized: {e.kept_params / 1e6:.1f}M params stay in "
+        f"16 bits as loaded ({gib(2.0 * e.kept_params)}) and fp32 once peft prepares the model",
+    ]
+    return "\n".join(lines)
+
+
+COLUMNS = (
+    "config", "total", "trainable", "modules", "4bit+const", "kept", "lora+grad+opt", "act", "act(ckpt)",
+    "peak", "FLOP/token",
+)  # fmt: skip
+
+
+def row(e: Estimate) -> list[str]:
+    return [
+        e.label or "-",
+        millions(e.total_params),
+        f"{millions(e.trainable_params)} ({e.trainable_params:,})",
+        str(e.lora_modules),
+        gib(e.weights_4bit + e.quant_constants),
+        gib(e.kept_weights),
+        gib(e.lora_weights + e.gradients + e.optimizer),
+        gib(e.activations),
+        gib(e.activations_ckpt),
+        gib(e.total),
+        flops(e.flops_per_token),
+    ]
+
+
+def table(estimates: list[Estimate]) -> str:
+    rows = [list(COLUMNS), *(row(e) for e in estimates)]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """One override list per configuration: comma lists and range() crossed as Hydra's basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(f"{sweeps[0]} is a sweep: add --multirun to estimate each configuration")
+    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+
+
+def compose_run(overrides: list[str]) -> RunConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    from sweeplab.config import validate
+    from sweeplab.train import CONF_DIR
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as exc:
+        missing = str(exc).splitlines()[0].removeprefix("In 'train': ")
+        raise ConfigError(f"{missing}; available: {', '.join(exc.options or [])}") from None
+    if cfg.hydra.runtime.choices.get("hparams_search"):
+        raise ConfigError(
+            "hparams_search is an Optuna space, not a list of configurations: give comma lists "
+            "instead, e.g. --multirun lora.r=4,8,16 lora.targets=all-linear,qv"
+        )
+    return validate(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    try:
+        jobs = expand(overrides, multirun)
+        runs = [compose_run(job) for job in jobs]  # every configuration checked before any is built
+        estimates = []
+        for job, rc in zip(jobs, runs, strict=True):
+            swept = [o for o in job if o not in overrides]  # what varies between rows
+            estimates.append(estimate(rc, label=" ".join(swept) or " ".join(job)))
+    except Exception as exc:  # noqa: BLE001 - Hydra's and our errors alike, as one line
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if not isinstance(exc, (ConfigError, HydraException, OmegaConfBaseException)):
+            raise
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"sweeplab: error: {message.removeprefix('invalid config: ')}", file=sys.stderr)
+        sys.exit(2)
+    if multirun:
+        print(table(estimates))
+    else:
+        print(report(estimates[0], runs[0]))
+
+
+if __name__ == "__main__":
+    main()
