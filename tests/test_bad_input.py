@@ -319,6 +319,11 @@ SWEEP_CASES = {
     "pruner typo": (lambda d: ["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner", "'median'"),
     "zero trials": (lambda d: ["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials", ">= 1"),
     "direction typo": (lambda d: ["hydra.sweeper.direction=minimise"], "minimise", "minimize or maximize"),
+    "negative memory limit": (
+        lambda d: ["hydra.sweeper.max_memory_gb=-1"],
+        "hydra.sweeper.max_memory_gb must be > 0",
+        "or null",
+    ),
     "failure rate (upstream's, not honoured)": (
         lambda d: ["hydra.sweeper.max_failure_rate=0.5"],
         "hydra.sweeper.max_failure_rate=0.5 is not supported",

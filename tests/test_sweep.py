@@ -104,6 +104,37 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert "nan" in trials[0].user_attrs["fail_reason"] and trials[0].user_attrs["fail_kind"] == "diverged"
 
 
+def test_trial_predicted_over_max_memory_is_pruned_before_launch(tmp_path: Path) -> None:
+    """model=tiny predicts ~0.02 GB at lora.r=8 and ~0.15 GB at lora.r=2048 (sweeplab.estimate)."""
+    recipes = "[{recipe:big,params:{lora.r:2048}},{recipe:small,params:{lora.r:8}}]"
+    result = sweep(
+        tmp_path,
+        *QLORA,
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.enqueue={recipes}",
+        "lora.r=choice(8,2048)",
+        "hydra.sweeper.max_memory_gb=0.05",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = load(tmp_path, "s").trials
+    assert [t.params["lora.r"] for t in trials[:2]] == [2048, 8]
+    assert len(trials) == 3  # a pruned-by-prediction trial counts toward n_trials
+    for t in trials:
+        run_dir = tmp_path / "sweeps" / "s" / str(t.number)
+        if t.params["lora.r"] == 2048:
+            assert t.state == TrialState.PRUNED
+            assert t.user_attrs["pruned_reason"] == (
+                f"predicted {t.user_attrs['predicted_memory_gb']:.2g} GB > 0.05 GB"
+            )
+            assert 0.05 < t.user_attrs["predicted_memory_gb"] < 1
+            assert (t.datetime_complete - t.datetime_start).total_seconds() < 30  # no job: imports + sizing
+            assert not run_dir.exists() and not t.intermediate_values
+            assert f"trial {t.number} PRUNED before launch" in result.stderr + result.stdout
+        else:
+            assert t.state == TrialState.COMPLETE and run_dir.is_dir()
+            assert "pruned_reason" not in t.user_attrs
+
+
 def test_two_workers_share_one_study(tmp_path: Path) -> None:
     result = sweep(tmp_path, *QLORA, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

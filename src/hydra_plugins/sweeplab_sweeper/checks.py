@@ -71,6 +71,8 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
     if (patience := options["patience"]) is not None and patience < 1:
         problems.append(f"hydra.sweeper.patience must be >= 1 (finished trials) or null, got {patience}")
+    if (limit := options["max_memory_gb"]) is not None and limit <= 0:
+        problems.append(f"hydra.sweeper.max_memory_gb must be > 0 (GB) or null (no check), got {limit}")
     if options["max_failure_rate"] is not None:
         problems.append(
             f"hydra.sweeper.max_failure_rate={options['max_failure_rate']} is not supported (upstream's "

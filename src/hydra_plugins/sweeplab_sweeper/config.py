@@ -40,6 +40,15 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # Opt-in: stop the study once the best has not improved over this many finished trials
     # (COMPLETE or PRUNED, in trial order); null runs all n_trials. A rerun stops at once too.
     patience: int | None = None
+    # Opt-in: before launching, each trial's config is sized by sweeplab.estimate (no weights load) and
+    # a trial whose predicted total exceeds this many GB (2**30 bytes, as the estimate counts them) is
+    # stored PRUNED with pruned_reason "predicted X GB > Y GB" instead of running into an OOM. The
+    # total is the one for the trial's trainer.accelerator: fp32 activations on cpu, the GPU's
+    # 16-mixed otherwise (docs/ESTIMATE.md; activations read about half the measured CPU growth, so
+    # leave headroom). Such trials count toward n_trials like other PRUNED ones; TPE ranks a pruned
+    # trial without intermediate values worst and so learns to avoid that region. A trial that cannot
+    # be estimated runs unchecked (one warning). null: no check.
+    max_memory_gb: float | None = None
 
 
 ConfigStore.instance().store(

@@ -31,6 +31,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks
+from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.config import validate
@@ -62,6 +63,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.grace_period = extra["grace_period"]
         self.max_retries = extra["max_retries"]
         self.patience = extra["patience"]
+        self.memory = MemoryGate(extra["max_memory_gb"])
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
@@ -238,7 +240,26 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 trial = study.ask()
                 claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
-            self.run_trial(study, storage, trial, with_recipe(list(overrides), trial))
+            overrides = with_recipe(list(overrides), trial)
+            # Outside the lock: sizing takes seconds, and other workers need not wait for it.
+            predicted = self.memory.reason(self.hydra_context, self.config, overrides)
+            if predicted is not None:
+                self.prune_predicted(study, trial, *predicted)
+                continue
+            self.run_trial(study, storage, trial, overrides)
+
+    def prune_predicted(self, study: optuna.Study, trial: optuna.Trial, reason: str, gb: float) -> None:
+        """PRUNED, not FAIL: a region the sampler should avoid, not a crash counted toward max_failures."""
+        trial.set_user_attr("pruned_reason", reason)
+        trial.set_user_attr("predicted_memory_gb", round(gb, 4))
+        study.tell(trial, state=TrialState.PRUNED)
+        params = " ".join(f"{k}={v}" for k, v in trial.params.items())
+        log.info(
+            "trial %d PRUNED before launch (hydra.sweeper.max_memory_gb): %s; %s",
+            trial.number,
+            reason,
+            params,
+        )
 
     def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
         recipe = trial.user_attrs.get("recipe")
@@ -416,6 +437,7 @@ class SweeplabSweeper(Sweeper):
                 "grace_period",
                 "max_retries",
                 "patience",
+                "max_memory_gb",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
