@@ -135,6 +135,19 @@ def test_trial_predicted_over_max_memory_is_pruned_before_launch(tmp_path: Path)
             assert "pruned_reason" not in t.user_attrs
 
 
+def test_memory_limit_runs_a_trial_it_cannot_estimate(caplog: pytest.LogCaptureFixture) -> None:
+    """An estimate that fails must not kill the sweep: one warning, and every such trial runs."""
+    from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, gb
+
+    gate = MemoryGate(6.0)
+    for _ in range(2):
+        assert gate.reason(None, None, ["lora.r=8"]) is None  # no config loader: cannot compose
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "cannot estimate a trial" in caplog.text
+    assert MemoryGate(None).reason(None, None, []) is None
+    assert f"predicted {gb(7.123)} GB > {6.0:g} GB" == "predicted 7.1 GB > 6 GB"
+
+
 def test_two_workers_share_one_study(tmp_path: Path) -> None:
     result = sweep(tmp_path, *QLORA, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
