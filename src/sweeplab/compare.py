@@ -326,7 +326,7 @@ def compare(a: Side, b: Side, out: Path) -> str:
         lines += ["_No curve: both sides need a validation history._", ""]
     lines += study_section(a, b, keys)
     text = "\n".join(lines)
-    write_text(out / "compare.md", text)
+    write_text(out / "compare.md", text + "\n")
     return text
 
 
