@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install train estimate sweep report dashboard test test-fast lint format bench bench-toolcalls clean
+.PHONY: help install train estimate sweep report compare dashboard test test-fast lint format bench bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -34,6 +34,11 @@ sweep: install  ## Optuna sweep (hparams_search=qlora); re-run to resume; ARGS="
 STUDY   ?=
 report: install  ## tables + plots + best command of a sweep: make report STUDY=qlora-base-toolcalls
 	$(PY) -m sweeplab.report $(STUDY)
+
+A       ?=
+B       ?=
+compare: install  ## config diff, metrics, curves of two runs/trials/experiments: make compare A=outputs/runs/x B=...
+	$(PY) -m sweeplab.compare $(A) $(B)
 
 STORAGE ?= sqlite:///outputs/sweeps/optuna.db
 dashboard: install  ## optuna-dashboard on the sweep storage (http://127.0.0.1:8080)
