@@ -124,3 +124,21 @@ def test_loraplus_off_keeps_one_lr() -> None:
 def test_loraplus_needs_parameter_names() -> None:
     with pytest.raises(ValueError, match="named_parameters"):
         build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], OptimConfig(loraplus_lr_ratio=4))
+
+
+def test_loraplus_ratio_1_trains_as_off() -> None:
+    """What lets a sweep offer 'off' as choice(1, ...): Hydra's choice() cannot hold null."""
+    final = []
+    for ratio in (None, 1.0):
+        torch.manual_seed(0)
+        a, b = torch.nn.Parameter(torch.randn(4, 2)), torch.nn.Parameter(torch.randn(2, 4))
+        optim = OptimConfig(lr=1e-2, weight_decay=0.1, loraplus_lr_ratio=ratio, warmup_steps=2)
+        optimizer = build_optimizer([("x.lora_A.default.weight", a), ("x.lora_B.default.weight", b)], optim)
+        scheduler = build_scheduler(optimizer, optim, 10)
+        for _ in range(5):
+            optimizer.zero_grad()
+            (b @ a).square().sum().backward()
+            optimizer.step()
+            scheduler.step()
+        final.append((a.detach(), b.detach()))
+    assert torch.equal(final[0][0], final[1][0]) and torch.equal(final[0][1], final[1][1])

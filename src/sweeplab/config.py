@@ -185,7 +185,8 @@ class OptimConfig(Schema):
     warmup_steps: int | None = Field(default=None, ge=0)  # when set, wins over warmup_ratio
     warmup_start_ratio: float = Field(default=0.0, ge=0, le=1)  # DeepSpeed's warmup_min_ratio
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # decay floor as a fraction of lr; constant has none
-    # LoRA+ (Hayou et al. 2024): lora_B's learning rate is this times lr (lora_A's); None: off.
+    # LoRA+ (Hayou et al. 2024): lora_B's learning rate is this times lr (lora_A's). None: off, and so
+    # is 1 (the same updates), which a sweep can offer: choice(1, 4, 16); Hydra's choice() has no null.
     loraplus_lr_ratio: float | None = Field(default=None, gt=0)
 
     def warmup_for(self, max_steps: int) -> int:
