@@ -109,6 +109,42 @@ CASES = {
         "lora.layers_to_transform",
         "0..1",
     ),
+    "lora on a layer before the first": (
+        lambda d: ["lora.layers_to_transform=[-3,-1]"],
+        "lora.layers_to_transform ([-3, -1]): [-3] out of range",
+        "num_layers=2, so use 0..1, or -2..-1",
+    ),
+    "lora layer named twice": (
+        lambda d: ["lora.layers_to_transform=[1,-1]"],
+        "lora.layers_to_transform",
+        "names a layer twice",
+    ),
+    "lora target that matches no module": (
+        lambda d: ["lora.targets=[q_proj,bogus]"],
+        "lora.targets (['q_proj', 'bogus']): ['bogus'] match no module",  # the base loads first
+        "its linear layers are ['down_proj', 'gate_proj', 'k_proj'",
+    ),
+    "unknown schedule": (
+        lambda d: ["optim.schedule=step"],
+        "optim.schedule",
+        "'cosine', 'linear' or 'constant'",
+    ),
+    "negative warmup start": (
+        lambda d: ["optim.warmup_start_ratio=-0.1"],
+        "optim.warmup_start_ratio",
+        "greater than or equal to 0",
+    ),
+    "warmup start without a warmup": (
+        lambda d: ["optim.warmup_steps=0", "optim.warmup_start_ratio=0.5"],
+        "optim.warmup_start_ratio",
+        "there is no warmup",
+    ),
+    "negative loraplus ratio": (
+        lambda d: ["optim.loraplus_lr_ratio=-4"],
+        "optim.loraplus_lr_ratio",
+        "greater than 0",
+    ),
+    "dora not a boolean": (lambda d: ["lora.use_dora=maybe"], "lora.use_dora", "valid boolean"),
     "hub id and embedded base both set": (
         lambda d: ["model.name_or_path=some/model"],
         "model.name_or_path",

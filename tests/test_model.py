@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from sweeplab.config import validate
+from sweeplab.config import LoraConfig, validate
+from sweeplab.errors import ConfigError
 from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
+from sweeplab.module import QLoRAModule
 from tests.conftest import make_cfg
 
 
@@ -72,6 +75,68 @@ def test_layers_to_transform(tiny_dir: str) -> None:
         name.split("layers.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_A" in name
     }
     assert layers == {"1"}
+
+
+def lora_layers(model) -> dict[str, set[str]]:
+    """Which module names got adapters in which decoder layer: {"1": {"q_proj", ...}}."""
+    out: dict[str, set[str]] = {}
+    for name, _ in model.named_parameters():
+        if "lora_A" in name:
+            layer, module = name.split("layers.")[1].split(".")[0], name.split(".lora_A")[0].split(".")[-1]
+            out.setdefault(layer, set()).add(module)
+    return out
+
+
+@pytest.mark.parametrize(("layers", "expected"), [("[-1]", {"1"}), ("-2", {"0"}), ("[-2,-1]", {"0", "1"})])
+def test_negative_layers_count_from_the_last(tiny_dir: str, layers: str, expected: set[str]) -> None:
+    model = tiny_model(tiny_dir, f"lora.layers_to_transform={layers}", "lora.targets=qv")
+    assert lora_layers(model) == {k: {"q_proj", "v_proj"} for k in expected}
+    assert set(model.peft_config["default"].layers_to_transform) == {int(k) for k in expected}
+
+
+def test_layer_out_of_range_names_the_depth_once_the_model_loads(tiny_dir: str) -> None:
+    """A hub model's depth is known only after loading: the check runs in wrap_lora too."""
+    rc = validate(make_cfg("model=tiny"))
+    lora = LoraConfig(layers_to_transform=[0, -3])
+    with pytest.raises(ConfigError, match=re.escape("[-3] out of range")) as err:
+        build_model(tiny_dir, rc.model, lora, torch.float32)
+    assert "num_layers=2, so use 0..1, or -2..-1" in str(err.value)
+
+
+def test_a_target_that_matches_nothing_is_refused(tiny_dir: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape("['bogus'] match no module")) as err:
+        tiny_model(tiny_dir, "lora.targets=[q_proj,bogus]")
+    assert "'q_proj', 'up_proj', 'v_proj'" in str(err.value)  # the linear layers that exist
+
+
+def test_dora_trains_a_magnitude_per_output_row(tiny_dir: str) -> None:
+    model = tiny_model(tiny_dir, "lora.use_dora=true", "lora.targets=qv")
+    magnitudes = {n: p for n, p in model.named_parameters() if "lora_magnitude_vector" in n}
+    assert len(magnitudes) == 4  # q_proj and v_proj in each of 2 layers
+    assert all(p.requires_grad and p.ndim == 1 for p in magnitudes.values())
+    assert model.peft_config["default"].use_dora
+    plain = tiny_model(tiny_dir, "lora.targets=qv")
+    assert not any("lora_magnitude_vector" in n for n, _ in plain.named_parameters())
+    # One optimizer step moves the magnitudes: they are trained, not just present.
+    module = QLoRAModule(model, validate(make_cfg("model=tiny", "optim.lr=1e-2")).optim, max_steps=4)
+    optimizer = module.configure_optimizers()["optimizer"]
+    before = {n: p.detach().clone() for n, p in magnitudes.items()}
+    model(**fixed_batch(tiny_dir)).loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(before[n], p) for n, p in magnitudes.items())
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(decay[id(p)] == 0.0 for p in magnitudes.values())  # a magnitude is not decayed to 0
+
+
+def test_loraplus_speeds_up_every_b_matrix_of_the_model(tiny_dir: str) -> None:
+    model = tiny_model(tiny_dir, "lora.use_dora=true")
+    optim = validate(make_cfg("model=tiny", "optim.loraplus_lr_ratio=8", "optim.lr=1e-3")).optim
+    optimizer = QLoRAModule(model, optim, max_steps=10).configure_optimizers()["optimizer"]
+    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert {n.split(".")[-3] for n, p in trainable if lr[id(p)] == pytest.approx(8e-3)} == {"lora_B"}
+    assert all(lr[id(p)] == pytest.approx(1e-3) for n, p in trainable if "lora_B" not in n)
+    assert len(lr) == len(trainable)  # every trainable parameter is in one group
 
 
 def lora_grads(model, batch) -> dict[str, torch.Tensor]:

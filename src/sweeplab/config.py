@@ -118,10 +118,20 @@ class LoraConfig(Schema):
     # rsLoRA (Kalajdzievski 2023): scale by alpha/sqrt(r) instead of alpha/r, so the best learning
     # rate moves less with the rank and a sweep over r needs no matching sweep over alpha.
     use_rslora: bool = False
+    # DoRA (Liu et al. 2024): a trained magnitude per output row beside the low-rank direction.
+    use_dora: bool = False
     dropout: float = Field(default=0.05, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
     targets: str | list[str] = "all-linear"
-    layers_to_transform: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=0)] | None = None
+    # Decoder layers that get adapters; None: all. Negative indices count from the last (-1).
+    layers_to_transform: list[int] | int | None = None
+
+    @field_validator("layers_to_transform")
+    @classmethod
+    def _some_layer(cls, layers: list[int] | int | None) -> list[int] | int | None:
+        if isinstance(layers, list) and not layers:
+            raise ValueError("must name at least one layer, or be null for every layer")
+        return layers
 
     @field_validator("targets")
     @classmethod
@@ -141,6 +151,26 @@ class LoraConfig(Schema):
         """Logged per run: sweeping r alone silently changes the update scale alpha/r."""
         return self.alpha / (self.r**0.5 if self.use_rslora else self.r)
 
+    def resolve_layers(self, depth: int, model: str) -> list[int] | None:
+        """layers_to_transform as peft wants it: non-negative, each once; -1 is layer depth - 1."""
+        if self.layers_to_transform is None:
+            return None
+        layers = self.layers_to_transform
+        given = [layers] if isinstance(layers, int) else layers
+        out_of_range = [k for k in given if not -depth <= k < depth]
+        if out_of_range:
+            raise ConfigError(
+                f"lora.layers_to_transform ({self.layers_to_transform}): {out_of_range} out of range: "
+                f"{model} has num_layers={depth}, so use 0..{depth - 1}, or -{depth}..-1 from the last"
+            )
+        resolved = sorted({k % depth for k in given})
+        if len(resolved) < len(given):
+            raise ConfigError(
+                f"lora.layers_to_transform ({self.layers_to_transform}) names a layer twice: with "
+                f"num_layers={depth} they are layers {[k % depth for k in given]}"
+            )
+        return resolved
+
 
 class OptimConfig(Schema):
     name: Literal["adamw", "paged_adamw_8bit"] = "adamw"
@@ -148,9 +178,20 @@ class OptimConfig(Schema):
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
+    # After warmup: cosine or linear decay to min_lr_ratio * lr at max_steps, or constant at lr
+    # (the QLoRA paper's). Warmup rises linearly from warmup_start_ratio * lr to lr.
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     warmup_steps: int | None = Field(default=None, ge=0)  # when set, wins over warmup_ratio
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # cosine floor as a fraction of lr
+    warmup_start_ratio: float = Field(default=0.0, ge=0, le=1)  # DeepSpeed's warmup_min_ratio
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # decay floor as a fraction of lr; constant has none
+    # LoRA+ (Hayou et al. 2024): lora_B's learning rate is this times lr (lora_A's). None: off, and so
+    # is 1 (the same updates), which a sweep can offer: choice(1, 4, 16); Hydra's choice() has no null.
+    loraplus_lr_ratio: float | None = Field(default=None, gt=0)
+
+    def warmup_for(self, max_steps: int) -> int:
+        """Warmup length in optimizer steps: warmup_steps if set, else warmup_ratio of the run."""
+        return self.warmup_steps if self.warmup_steps is not None else round(self.warmup_ratio * max_steps)
 
 
 class DataConfig(Schema):
@@ -301,7 +342,7 @@ class CallbacksConfig(Schema):
 
 
 class LoggerConfig(Schema):
-    backend: Literal["wandb", "csv", "none"] = "wandb"
+    backend: Literal["wandb", "csv", "tensorboard", "none"] = "wandb"
     project: str = "sweeplab"
     group: str | None = None
     name: str | None = None
@@ -351,12 +392,15 @@ class RunConfig(Schema):
                 f"data.max_seq_len ({self.data.max_seq_len}) must be <= "
                 f"model.embedded.max_position_embeddings ({recipe.max_position_embeddings})"
             )
-        layers = self.lora.layers_to_transform
-        layers = [layers] if isinstance(layers, int) else layers or []
-        if recipe is not None and any(k >= recipe.num_layers for k in layers):
+        if recipe is not None:  # a hub model's depth is known once it loads (sweeplab.model.wrap_lora)
+            try:
+                self.lora.resolve_layers(recipe.num_layers, "model.embedded")
+            except ConfigError as err:
+                problems.append(str(err))
+        if self.optim.warmup_start_ratio > 0 and self.optim.warmup_for(self.trainer.max_steps) == 0:
             problems.append(
-                f"lora.layers_to_transform ({self.lora.layers_to_transform}) must index layers "
-                f"0..{recipe.num_layers - 1} of model.embedded (num_layers={recipe.num_layers})"
+                f"optim.warmup_start_ratio ({self.optim.warmup_start_ratio}) sets where warmup starts, but "
+                "there is no warmup (optim.warmup_steps or optim.warmup_ratio * trainer.max_steps is 0)"
             )
         if self.objective.needs_generation:
             metric = self.objective.metric

@@ -1,16 +1,18 @@
-"""Experiment loggers: W&B (offline by itself without a key), CSV, or none."""
+"""Experiment loggers: W&B (offline by itself without a key), CSV, TensorBoard, or none."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import netrc
 import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from sweeplab.config import LoggerConfig
+from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,15 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]) -> Lo
         return False
     if cfg.backend == "csv":
         logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        logger.log_hyperparams(config)
+        return logger
+    if cfg.backend == "tensorboard":
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logger=tensorboard needs the tensorboard package: make install, or logger=csv")
+        # default_hp_metric off: a constant hp_metric=-1 would sit beside the real curves.
+        logger = TensorBoardLogger(
+            save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+        )
         logger.log_hyperparams(config)
         return logger
     offline = cfg.mode == "offline" or (cfg.mode == "auto" and not wandb_has_key())

@@ -11,7 +11,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from sweeplab.config import LoraConfig, ModelConfig
+from sweeplab.config import TARGET_SETS, LoraConfig, ModelConfig
 from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,29 @@ def load_quantized(
     return model
 
 
+def check_targets(model: torch.nn.Module, lora: LoraConfig) -> None:
+    """peft skips a listed name that matches no module: a typo would quietly train fewer layers."""
+    targets = lora.target_modules
+    if isinstance(targets, str):  # "all-linear": peft's own keyword
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        given = lora.targets if isinstance(lora.targets, list) else f"{lora.targets} = {targets}"
+        raise ConfigError(
+            f"lora.targets ({given}): {missing} match no module of {model.config.name_or_path}; its linear "
+            f"layers are {linear}; or use a named set: {sorted(TARGET_SETS)}"
+        )
+
+
 def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
     """Freeze the base, upcast norms, and add LoRA adapters on the chosen target set."""
+    check_targets(model, lora)
+    depth = model.config.get_text_config().num_hidden_layers
+    layers = lora.resolve_layers(depth, model.config.name_or_path)
     model = prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=gradient_checkpointing,
@@ -90,10 +111,11 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
         r=lora.r,
         lora_alpha=lora.alpha,
         use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
         lora_dropout=lora.dropout,
         bias=lora.bias,
         target_modules=lora.target_modules,
-        layers_to_transform=lora.layers_to_transform,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, peft_config)
@@ -108,9 +130,10 @@ def build_model(
     peft_model = wrap_lora(model, lora, cfg.gradient_checkpointing)
     trainable, total = count_parameters(peft_model)
     log.info(
-        "LoRA r=%d alpha=%g on %s: %s trainable of %s parameters",
+        "LoRA r=%d alpha=%g%s on %s: %s trainable of %s parameters",
         lora.r,
         lora.alpha,
+        " (DoRA)" if lora.use_dora else "",
         lora.targets,
         f"{trainable:,}",
         f"{total:,}",

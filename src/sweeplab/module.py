@@ -1,33 +1,47 @@
-"""LightningModule around a peft model: loss, assistant-token metrics, AdamW, warmup + cosine."""
+"""LightningModule around a peft model: loss, assistant-token metrics, AdamW (LoRA+), warmup + decay."""
 
 from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from sweeplab.config import ObjectiveConfig, OptimConfig
 from sweeplab.errors import DivergedError
 from sweeplab.resume import rng_state, set_rng_state
 
 
-def warmup_steps(optim: OptimConfig, max_steps: int) -> int:
-    return optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_ratio * max_steps)
+def build_optimizer(
+    params: list[torch.nn.Parameter] | list[tuple[str, torch.nn.Parameter]], optim: OptimConfig
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; LoRA+ needs their names (model.named_parameters())."""
+    named = [item if isinstance(item, tuple) else ("", item) for item in params]
+    ratio = optim.loraplus_lr_ratio
+    if ratio is not None and not all(name for name, _ in named):
+        raise ValueError("optim.loraplus_lr_ratio needs parameter names: pass model.named_parameters()")
 
+    def is_b(name: str) -> bool:  # peft names B "...q_proj.lora_B.default.weight"
+        return ratio is not None and ".lora_B." in name
 
-def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
-    # Decay the LoRA matrices only; biases and norms (bias="all") keep their scale.
+    # Decay the LoRA matrices only; biases, norms (bias="all") and DoRA magnitudes keep their scale.
+    # peft's create_loraplus_optimizer would decay DoRA magnitudes and give them B's lr, hence our own.
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for n, p in named if p.ndim >= 2 and not is_b(n)], "weight_decay": optim.weight_decay},
+        {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in named if p.ndim >= 2 and is_b(n)],
+            "weight_decay": optim.weight_decay,
+            "lr": optim.lr * (ratio or 1.0),
+        },
     ]
-    groups = [g for g in groups if g["params"]]
+    groups = [g for g in groups if g["params"]]  # group 0 holds lora_A: its lr is the one logged
     kwargs = {"lr": optim.lr, "betas": optim.betas, "eps": optim.eps}
     if optim.name == "paged_adamw_8bit":
         import bitsandbytes as bnb
@@ -36,14 +50,28 @@ def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> tor
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int) -> Any:
-    """Linear warmup to lr, then cosine decay to min_lr_ratio * lr at max_steps."""
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer,
-        num_warmup_steps=warmup_steps(optim, max_steps),
-        num_training_steps=max_steps,
-        min_lr_rate=optim.min_lr_ratio,
+def lr_factor(step: int, *, schedule: str, warmup: int, total: int, start: float, floor: float) -> float:
+    """The learning rate at optimizer step `step` as a fraction of each group's peak lr."""
+    if step < warmup:
+        return start + (1.0 - start) * step / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return floor + (1.0 - floor) * decay
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int) -> LambdaLR:
+    """Linear warmup from warmup_start_ratio * lr to lr, then optim.schedule (cosine: as transformers')."""
+    factor = partial(
+        lr_factor,
+        schedule=optim.schedule,
+        warmup=optim.warmup_for(max_steps),
+        total=max_steps,
+        start=optim.warmup_start_ratio,
+        floor=optim.min_lr_ratio,
     )
+    return LambdaLR(optimizer, factor)
 
 
 class QLoRAModule(L.LightningModule):
@@ -186,7 +214,7 @@ class QLoRAModule(L.LightningModule):
 
     # --- optimizer ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.optim)
         scheduler = build_scheduler(optimizer, self.optim, self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
