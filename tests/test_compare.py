@@ -114,8 +114,8 @@ def test_experiments_compare_configs_only(tmp_path, capsys) -> None:
         "lora.layers_to_transform",
         "optim.lr",
         "optim.weight_decay",
+        "optim.schedule",
         "optim.warmup_steps",
-        "optim.min_lr_ratio",
     ]
     assert not (tmp_path / "compare.png").exists()
 
