@@ -61,6 +61,7 @@ format:  ## ruff format + import sort
 bench: install  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds x 2 problems, ~1.5 h on 2 cores; kept sweeps are reused)
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
+	$(PY) bench/bench_estimate.py --out BENCHMARKS.md
 
 bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, small sweep (~1 h on CPU)
 	$(PY) bench/bench_toolcalls.py --out BENCHMARKS.md

@@ -94,7 +94,8 @@ def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
                 "recipe": t.user_attrs.get("recipe"),
                 "retry_of": t.system_attrs.get("failed_trial"),  # a killed or interrupted trial, run again
                 "fail_kind": t.user_attrs.get("fail_kind"),
-                "fail_reason": t.user_attrs.get("fail_reason"),
+                # a trial pruned before launch (hydra.sweeper.max_memory_gb) says why here too
+                "fail_reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason"),
             }
         )
     return out
