@@ -104,7 +104,7 @@ def test_bad_trials_name_the_argument(sweep, tmp_path, capsys) -> None:
 def test_experiments_compare_configs_only(tmp_path, capsys) -> None:
     a, b = (ROOT / "experiments" / f"seed_report_{x}.yaml" for x in "ab")
     for name in ("seed_report_a", "seed_report_b"):
-        validate(make_cfg(f"experiment={name}"))  # peft-valid too: explicit modules with layers_to_transform
+        validate(make_cfg(f"experiment={name}"))  # both compose and validate
     text = compare(capsys, str(a), str(b), "--out", str(tmp_path))
     assert "config only, nothing was run" in text and "No metrics" in text
     keys = differing(load_side(str(a), None), load_side(str(b), None))

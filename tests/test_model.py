@@ -94,6 +94,14 @@ def test_negative_layers_count_from_the_last(tiny_dir: str, layers: str, expecte
     assert set(model.peft_config["default"].layers_to_transform) == {int(k) for k in expected}
 
 
+def test_all_linear_on_the_last_layer_only(tiny_dir: str) -> None:
+    """peft refuses layers_to_transform with its all-linear keyword; sweeplab names the layers for it."""
+    model = tiny_model(tiny_dir, "lora.layers_to_transform=[-1]", "lora.targets=all-linear")
+    assert lora_layers(model) == {
+        "1": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    }
+
+
 def test_layer_out_of_range_names_the_depth_once_the_model_loads(tiny_dir: str) -> None:
     """A hub model's depth is known only after loading: the check runs in wrap_lora too."""
     rc = validate(make_cfg("model=tiny"))

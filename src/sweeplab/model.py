@@ -97,6 +97,21 @@ def check_targets(model: torch.nn.Module, lora: LoraConfig) -> None:
         )
 
 
+def layer_targets(model: torch.nn.Module, targets: str | list[str]) -> str | list[str]:
+    """peft refuses layers_to_transform with its "all-linear" keyword: name the linear layers instead
+    (every nn.Linear leaf name but the output head, which is what all-linear means to peft)."""
+    if targets != "all-linear":
+        return targets
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            n.rsplit(".", 1)[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        }
+    )
+
+
 def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
     """Freeze the base, upcast norms, and add LoRA adapters on the chosen target set."""
     check_targets(model, lora)
@@ -114,7 +129,9 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
         use_dora=lora.use_dora,
         lora_dropout=lora.dropout,
         bias=lora.bias,
-        target_modules=lora.target_modules,
+        target_modules=layer_targets(model, lora.target_modules)
+        if layers is not None
+        else lora.target_modules,
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
