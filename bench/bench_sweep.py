@@ -243,7 +243,11 @@ def main() -> None:
         action="append",
         help="tiny, base, or NAME=OVERRIDES (space-separated train overrides; 16 trials of 30 steps)",
     )
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from METHODS")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated, from METHODS; METHOD@PROBLEM runs that method on that problem only",
+    )
     parser.add_argument("--seeds", type=int, default=8, help="sweeps per method and problem")
     parser.add_argument("--jobs", type=int, default=2, help="sweeps at once (each gets one thread)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "results" / "sweep")
@@ -257,12 +261,13 @@ def main() -> None:
         elif name not in PROBLEMS:
             sys.exit(f"--problem {name}: not one of {list(PROBLEMS)}; or give NAME=OVERRIDES")
         problems.append(name)
-    methods = args.methods.split(",")
+    only = dict(m.partition("@")[::2] for m in args.methods.split(","))  # method -> problem or ""
+    methods = list(only)
     if BASELINE not in methods or any(m not in METHODS for m in methods):
         sys.exit(f"--methods must include {BASELINE} and name only {list(METHODS)}")
 
     # Interleaved: seed 0 of every problem and method, then seed 1, ... so drift hits every method.
-    tasks = [(p, m, s) for s in range(args.seeds) for p in problems for m in methods]
+    tasks = [(p, m, s) for s in range(args.seeds) for p in problems for m in methods if only[m] in ("", p)]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {t: pool.submit(sweep, *t, args.workdir / t[0] / f"{t[1]}-{t[2]}", args) for t in tasks}
         results = {t: f.result() for t, f in futures.items()}
@@ -271,7 +276,7 @@ def main() -> None:
     sections = []
     for problem in problems:
         runs = {(m, s): r for (p, m, s), r in results.items() if p == problem}
-        summary = summarize(problem, runs, methods)
+        summary = summarize(problem, runs, [m for m in methods if only[m] in ("", problem)])
         png = (args.out.parent if args.out else args.workdir) / "bench" / f"sweep_{problem}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         plot(problem, runs, summary, png)
@@ -316,13 +321,14 @@ def write_section(args: argparse.Namespace, sections: list[str], minutes: float)
     section = f"""{START}
 ## Sweep: compute to reach random search's best
 
-`python bench/bench_sweep.py --seeds {args.seeds}` ({", ".join(args.problem or ["tiny", "base"])}; the
-method definitions are in the script's docstring). Compute is in optimizer steps at a fixed batch,
-pruned and failed trials included, as a fraction of random search's whole budget; each figure is the
-median over {args.seeds} seeds. "compute to random's bar" is the headline: the compute until a complete
-trial is as good as random search's median final best (target <= 0.25); random itself stays above its
-own median in half its seeds, so its row reads "never" there by construction. "compute spent" is what
-the whole sweep used. Seeds interleaved across methods; enqueued recipes off; val/loss is the objective.
+`python bench/bench_sweep.py --seeds {args.seeds} --methods {args.methods}`
+({", ".join(args.problem or ["tiny", "base"])}; the method definitions are in the script's docstring).
+Compute is in optimizer steps at a fixed batch, pruned and failed trials included, as a fraction
+of random search's whole budget; each figure is the median over {args.seeds} seeds. "compute to
+random's bar" is the headline: the compute until a complete trial is as good as random search's
+median final best (target <= 0.25); random itself stays above its own median in half its seeds,
+so its row reads "never" there by construction. "compute spent" is what the whole sweep used.
+Seeds interleaved across methods; enqueued recipes off; val/loss is the objective.
 
 {body}
 The sweeps took {minutes:.0f} min of wall time in all, {args.jobs} at a time.
