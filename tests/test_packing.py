@@ -62,7 +62,8 @@ def logits_alone(model, example: dict) -> torch.Tensor:
     return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+# flex_attention compiles its block mask: ~35 s on CPU.
+@pytest.mark.parametrize("attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
 def test_a_packed_chat_has_its_logits_alone(tiny, attn: str) -> None:
     model, tokenizer, train = tiny
     model.base_model.model.set_attn_implementation(attn)
@@ -162,3 +163,23 @@ def test_a_packed_run_stores_its_useful_fraction(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "p" / "metrics.json").read_text())
     assert metrics["data/useful_fraction"] >= 0.9
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_packing_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    """As tests/test_resume.py's, with packed rows: their order per epoch comes from (seed, epoch) too."""
+    from tests.test_resume import KILL_AFTER_STEP, RESUME, start_and_kill, val_diffs
+
+    overrides = [*RESUME, "data.packing=true", "data.batch_size=2"]  # 96 chats -> rows: several epochs
+    full = run_train(*overrides, "run_name=a", output_root=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed_at = start_and_kill(*overrides, output_root=tmp_path, run_name="b", after_step=KILL_AFTER_STEP)
+    resumed = run_train(*overrides, "run_name=b", "ckpt_path=last", output_root=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "runs" / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "runs" / "b" / "metrics.json").read_text())
+    diffs = val_diffs(a, b)
+    print(f"packed: killed at step {killed_at}; max |val loss diff| {max(diffs):.3g} over {len(diffs)}")
+    assert max(diffs) <= 1e-4
+    assert b["steps"] == a["steps"] == 120
+    assert b["data/useful_fraction"] == pytest.approx(a["data/useful_fraction"], abs=1e-9)
