@@ -208,6 +208,12 @@ class DataConfig(Schema):
     eval_batch_size: int = Field(default=16, gt=0)
     seed: int = 1234
     num_workers: int = Field(default=0, ge=0)
+    # Training rows hold whole chats, best-fit decreasing into max_seq_len tokens, with position_ids
+    # restarting per chat (no cross-chat attention); batch_size then counts rows. Validation is unpacked.
+    packing: bool = False
+    # packing=false: batches drawn from the seeded shuffle's windows of 50 batches, sorted by length, to
+    # cut padding. Off by default: it changes every default run's batches (and their results).
+    group_by_length: bool = False
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
@@ -223,6 +229,11 @@ class DataConfig(Schema):
             raise ValueError(
                 "data.val_path is the same file as data.path: val loss would be measured on training data; "
                 "use another file, or drop data.val_path to split off data.val_fraction"
+            )
+        if self.packing and self.group_by_length:
+            raise ValueError(
+                "data.group_by_length applies to padded batches; with data.packing=true rows are already "
+                "full: set one of them to false"
             )
         if self.test_path and self.source != "jsonl":
             raise ValueError("data.test_path holds chats: it needs data=jsonl")

@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
 from sweeplab.config import ObjectiveConfig, OptimConfig
+from sweeplab.data.packing import packed_forward, real_tokens
 from sweeplab.errors import DivergedError
 from sweeplab.resume import rng_state, set_rng_state
 
@@ -99,14 +100,15 @@ class QLoRAModule(L.LightningModule):
         self.val_acc = MeanMetric()
         self.val_history: list[dict[str, float]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.train_tokens = 0
+        self.train_tokens = 0  # non-pad tokens trained on
+        self.processed_tokens = 0
         self.train_seconds = 0.0
         self._batch_start = 0.0
         self._rng_to_restore: dict[str, Any] | None = None
 
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = packed_forward(self.model, batch).loss
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"training loss became {loss.item()} at step {self.global_step}; "
@@ -125,8 +127,15 @@ class QLoRAModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Forward + backward + optimizer step, excluding validation and data loading.
         self.train_seconds += time.perf_counter() - self._batch_start
-        self.train_tokens += int(batch["attention_mask"].sum())
+        self.train_tokens += real_tokens(batch)
+        self.processed_tokens += batch["input_ids"].numel()  # pads included: what the model computed
+        self.log("data/useful_fraction", self.useful_fraction)
         self.log("tokens_per_s", self.tokens_per_s, prog_bar=True)
+
+    @property
+    def useful_fraction(self) -> float:
+        """Non-pad tokens over tokens the model processed: what padding (or packing) costs."""
+        return self.train_tokens / self.processed_tokens if self.processed_tokens else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -200,6 +209,7 @@ class QLoRAModule(L.LightningModule):
             "val_history": self.val_history,
             "best_state": self.best_state,
             "train_tokens": self.train_tokens,
+            "processed_tokens": self.processed_tokens,
             "train_seconds": self.train_seconds,
             "rng": rng_state(),  # restored at the next training step, so nothing drawn before it counts
         }
@@ -209,6 +219,7 @@ class QLoRAModule(L.LightningModule):
         self.val_history = list(saved.get("val_history", []))
         self.best_state = saved.get("best_state")
         self.train_tokens = saved.get("train_tokens", 0)
+        self.processed_tokens = saved.get("processed_tokens", 0)
         self.train_seconds = saved.get("train_seconds", 0.0)
         self._rng_to_restore = saved.get("rng")
 

@@ -83,6 +83,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.data.packing import PackCollator, pack_examples
     from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
     from sweeplab.interrupt import GracefulStop
     from sweeplab.loggers import build_logger
@@ -105,13 +106,27 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
 
     collate = PadCollator(tokenizer.pad_token_id)
+    train_rows, train_collate, lengths = train_set, collate, None
+    if rc.data.packing:  # packed once, the same rows every run; only their order changes per epoch
+        train_rows, train_collate = (
+            pack_examples(train_set, rc.data.max_seq_len),
+            PackCollator(tokenizer.pad_token_id),
+        )
+        log.info(
+            "packing: %d train chats in %d rows of <= %d tokens",
+            len(train_set),
+            len(train_rows),
+            rc.data.max_seq_len,
+        )
+    elif rc.data.group_by_length:
+        lengths = [len(ex["input_ids"]) for ex in train_set]
     # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.
-    sampler = EpochSeededSampler(len(train_set), rc.data.seed)
+    sampler = EpochSeededSampler(len(train_rows), rc.data.seed, lengths, rc.data.batch_size)
     train_loader = DataLoader(
-        train_set,
+        train_rows,
         batch_size=rc.data.batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=train_collate,
         generator=torch.Generator().manual_seed(rc.data.seed),  # worker seeds; keeps torch's RNG untouched
         num_workers=rc.data.num_workers,
     )
@@ -204,7 +219,8 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
         "steps": trainer.global_step,
         "stopped_early": trainer.global_step < rc.trainer.max_steps,
         "tokens_per_s": module.tokens_per_s,
-        "train_tokens": module.train_tokens,
+        "train_tokens": module.train_tokens,  # non-pad
+        "data/useful_fraction": module.useful_fraction,  # non-pad over processed tokens
         "peak_mem_mb": peak_mem_mb,
         "trainable_params": trainable,
         "total_params": total,
