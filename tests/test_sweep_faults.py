@@ -1,4 +1,4 @@
-"""Damage done to real sweeps: SIGKILL mid-trial, Ctrl-C mid-trial; the rerun must recover everything."""
+"""Damage done to real sweeps: SIGKILL, Ctrl-C or SIGTERM mid-trial; the rerun must recover everything."""
 
 from __future__ import annotations
 
@@ -137,6 +137,39 @@ def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None
         in (tmp_path / "sweeps" / "c" / str(retry.number) / "train.log").read_text()
     )
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_sigterm_to_a_two_worker_sweep_stops_both_at_a_step_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """Kubernetes signals the main process only: it must pass SIGTERM on to the other worker."""
+    cmd = command(tmp_path, "t", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "trainer.max_steps=60")
+    log = tmp_path / "first.log"
+    proc = start(cmd, log)
+    ckpts = [tmp_path / "sweeps" / "t" / str(n) / "checkpoints" / "last.ckpt" for n in (0, 1)]
+    wait_for(lambda: all(c.is_file() for c in ckpts), proc, log)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+    worker_log = (tmp_path / "sweeps" / "t" / "worker-1.log").read_text()
+    for text in (log.read_text(), worker_log):
+        assert "Traceback" not in text, text[-3000:]
+
+    trials = load(tmp_path, "t").trials
+    for n in (0, 1):  # each worker stopped its own trial at a step boundary, saved and queued it again
+        reason = trials[n].user_attrs["fail_reason"]
+        assert trials[n].state == TrialState.FAIL and reason.startswith("Interrupted: SIGTERM at step"), (
+            reason
+        )
+        assert not (tmp_path / "sweeps" / "t" / str(n) / "metrics.json").exists()
+        assert retry_of(trials, n).state == TrialState.WAITING
+        assert retry_of(trials, n).user_attrs["resume_from"] == str(ckpts[n])
+
+    rerun(cmd)
+    trials = load(tmp_path, "t").trials
+    for n in (0, 1):
+        retry = retry_of(trials, n)
+        assert retry.state == TrialState.COMPLETE and retry.params == trials[n].params
+        job_log = (tmp_path / "sweeps" / "t" / str(retry.number) / "train.log").read_text()
+        assert "Restored all states from the checkpoint" in job_log
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
 
 def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,14 @@ class GracefulStop(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         # Lightning has stepped the optimizer and the lr scheduler by now, and resumes a checkpoint
         # saved here as "restarted on train batch end". Mid-accumulation is no point to resume from.
-        if not self.requested or trainer.fit_loop.epoch_loop._should_accumulate():
+        retry = sys.modules.get("sweeplab.storage_retry")  # imported in sweeps only
+        lost = retry is not None and retry.LOST.is_set()  # the sweep's storage stayed down too long
+        if not (self.requested or lost) or trainer.fit_loop.epoch_loop._should_accumulate():
             return
         trainer.save_checkpoint(self.ckpt_path)
+        if lost:
+            log.error("storage lost at step %d; checkpoint saved to %s", trainer.global_step, self.ckpt_path)
+            raise retry.LOST_ERROR[0]
         raise Interrupted(
             f"{self.requested} at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}"
         )
