@@ -172,6 +172,48 @@ def test_sigterm_to_a_two_worker_sweep_stops_both_at_a_step_and_the_rerun_resume
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
 
+def test_a_full_disk_fails_the_trial_keeps_the_checkpoint_and_stops_the_sweep(tmp_path: Path) -> None:
+    """A real full filesystem: a small tmpfs as the output root (needs root; else skipped)."""
+    out = tmp_path / "small"
+    out.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(out)]
+    mounted = subprocess.run(mount, capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the study lives elsewhere: only outputs fill up
+        cmd = command(
+            out, "d", "hydra.sweeper.n_trials=3", "trainer.max_steps=60", f"hydra.sweeper.storage={storage}"
+        )
+        log = tmp_path / "sweep.log"
+        proc = start(cmd, log)
+        ckpt = out / "sweeps" / "d" / "0" / "checkpoints" / "last.ckpt"
+        wait_for(ckpt.is_file, proc, log)
+        time.sleep(0.5)  # let the first save's rename land
+        with open(out / "filler", "wb") as filler:  # what else wrote to the disk meanwhile
+            try:
+                while True:
+                    filler.write(b"\0" * (1 << 20))
+                    filler.flush()
+            except OSError:
+                pass
+        assert proc.wait(timeout=300) == 1, log.read_text()[-3000:]
+        output = log.read_text()
+        assert "sweep stopped: trial 0 FAIL: DiskFull: disk full while writing" in output, output[-3000:]
+        trials = optuna.load_study(study_name="d", storage=storage).trials
+        first = trials[0]
+        assert first.state == TrialState.FAIL and first.user_attrs["fail_kind"] == "disk_full"
+        assert str(out / "sweeps" / "d" / "0") in first.user_attrs["fail_reason"]
+        assert retry_of(trials, 0).state == TrialState.WAITING  # the params run again once there is room
+        assert len(trials) == 2  # no later trial was started to fail the same way
+        import torch
+
+        torch.load(ckpt, weights_only=True)  # the previous checkpoint is whole
+        assert not [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
+
+
 def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sweeplab.train", "--multirun", *SMALL, f"paths.output_root={tmp_path}",

@@ -35,7 +35,15 @@ from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.config import validate
-from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
+from sweeplab.errors import (
+    ConfigError,
+    DataError,
+    DataLoaderFailed,
+    DiskFull,
+    DivergedError,
+    Interrupted,
+    OutOfMemory,
+)
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
 from sweeplab.trial import TRIAL_ENV, build_pruner
@@ -157,6 +165,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 worker.wait()
             log.warning("sweep stopped (%s); run the same command again to resume", stop or sig.name)
             sys.exit(130)
+        except SweepDiskFull as stop:
+            for worker in workers:  # they write to the same disk: stop them at a step too
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGINT)
+            log.error("sweep stopped: %s", stop)
+            sys.exit(1)
         finally:
             for worker in workers:
                 worker.wait()
@@ -315,6 +329,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         if kind == "interrupted":
             self.stop_trial(study, trial, reason)
             raise SweepInterrupted(f"trial {trial.number} {reason}")
+        if kind == "disk_full":  # every later trial would fail the same way: stop, keep the params queued
+            self.stop_trial(study, trial, reason, kind)
+            raise SweepDiskFull(f"trial {trial.number} FAIL: {reason}")
         if reason:
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("fail_kind", kind)
@@ -327,10 +344,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         log.info("trial %d %s%s", trial.number, state.name, shown)
 
-    def stop_trial(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-        """An interruption is no verdict on the params: FAIL with the reason, and queue them again."""
+    def stop_trial(
+        self, study: optuna.Study, trial: optuna.Trial, reason: str, kind: str = "interrupted"
+    ) -> None:
+        """An interruption (or a full disk) is no verdict on the params: FAIL, and queue them again."""
         trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("fail_kind", "interrupted")
+        trial.set_user_attr("fail_kind", kind)
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
 
@@ -358,11 +377,15 @@ def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("fail_kind") == "interrupted"
+    return trial.user_attrs.get("fail_kind") in ("interrupted", "disk_full")
 
 
 class SweepInterrupted(Exception):
     """Ctrl-C or SIGTERM: the trial is stored FAIL, its params queued again, the sweep stops."""
+
+
+class SweepDiskFull(Exception):
+    """A trial's outputs did not fit on the disk: it is stored FAIL (disk_full) and the sweep stops."""
 
 
 def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
@@ -401,6 +424,7 @@ def fail_kind(exc: BaseException) -> str:
         DataError: "data",
         ConfigError: "config",
         Interrupted: "interrupted",
+        DiskFull: "disk_full",
         StorageUnreachable: "storage",
     }
     return next((kind for cls, kind in kinds.items() if isinstance(exc, cls)), "error")
