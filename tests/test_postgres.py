@@ -204,3 +204,54 @@ def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(postgres: Se
     assert retry.user_attrs["resume_from"] == str(ckpt) and retry.params == trials[0].params
     job_log = (tmp_path / "sweeps" / "outage" / str(retry.number) / "train.log").read_text()
     assert "Restored all states from the checkpoint" in job_log
+
+
+def _flaky(failures: int) -> Callable[[], str]:
+    """Fails like a restarting server `failures` times, then answers."""
+    import sqlalchemy.exc
+
+    left = [failures]
+
+    def call() -> str:
+        if left[0]:
+            left[0] -= 1
+            cause = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+            raise optuna.exceptions.StorageInternalError("commit failed") from cause
+        return "ok"
+
+    return call
+
+
+def test_a_short_outage_is_retried_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from sweeplab import storage_retry
+
+    url = f"postgresql+psycopg://u:{PASSWORD}@db/x"
+    with caplog.at_level("WARNING", logger="sweeplab.storage_retry"):
+        assert storage_retry.call_with_retry(_flaky(3), url, timeout=30) == "ok"
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "storage postgresql+psycopg://u:***@db/x unreachable, retrying for up to 30 s"
+    assert len(lines) == 2 and lines[1].startswith("storage reachable again after")
+
+
+def test_a_long_outage_raises_one_error_naming_the_storage_without_its_password() -> None:
+    from sweeplab import storage_retry
+
+    url = f"postgresql+psycopg://u:{PASSWORD}@db/y"
+    with pytest.raises(storage_retry.StorageUnreachable) as err:
+        storage_retry.call_with_retry(_flaky(1000), url, timeout=1)
+    assert str(err.value).startswith("storage postgresql+psycopg://u:***@db/y unreachable for over 1 s")
+    assert PASSWORD not in str(err.value) and "run the same command again" in str(err.value)
+
+
+def test_errors_other_than_a_lost_connection_are_not_retried() -> None:
+    from sweeplab import storage_retry
+
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise KeyError("no such study")
+
+    with pytest.raises(KeyError):
+        storage_retry.call_with_retry(broken, "sqlite:///x.db", timeout=30)
+    assert calls == [1]
