@@ -200,6 +200,8 @@ def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(postgres: Se
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = optuna.load_study(study_name="outage", storage=postgres.url).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    reason = trials[0].user_attrs["fail_reason"]
+    assert trials[0].user_attrs["fail_kind"] == "storage" and "unreachable for over 5 s" in reason, reason
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert retry.user_attrs["resume_from"] == str(ckpt) and retry.params == trials[0].params
     job_log = (tmp_path / "sweeps" / "outage" / str(retry.number) / "train.log").read_text()

@@ -16,9 +16,11 @@ from typing import Any
 import lightning as L
 
 from sweeplab.errors import Interrupted
+from sweeplab.outputs import atomic_write_text
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STORAGE_LOST_NOTE = "storage_lost.txt"  # beside last.ckpt; the sweep's rerun reads it
 
 
 class GracefulStop(L.Callback):
@@ -51,8 +53,13 @@ class GracefulStop(L.Callback):
             return
         trainer.save_checkpoint(self.ckpt_path)
         if lost:
+            error = retry.LOST_ERROR[0]
+            # Read by the rerun (hydra_plugins.sweeplab_sweeper.recovery): the trial could not be
+            # stored FAIL now, and "killed" would be the wrong reason then.
+            note = f"{error} (checkpoint at step {trainer.global_step})"
+            atomic_write_text(self.ckpt_path.parent / STORAGE_LOST_NOTE, note + "\n")
             log.error("storage lost at step %d; checkpoint saved to %s", trainer.global_step, self.ckpt_path)
-            raise retry.LOST_ERROR[0]
+            raise error
         raise Interrupted(
             f"{self.requested} at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}"
         )

@@ -377,7 +377,7 @@ def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("fail_kind") in ("interrupted", "disk_full")
+    return trial.user_attrs.get("fail_kind") in ("interrupted", "disk_full", "storage")
 
 
 class SweepInterrupted(Exception):
