@@ -355,6 +355,11 @@ SWEEP_CASES = {
     "pruner typo": (lambda d: ["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner", "'median'"),
     "zero trials": (lambda d: ["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials", ">= 1"),
     "direction typo": (lambda d: ["hydra.sweeper.direction=minimise"], "minimise", "minimize or maximize"),
+    "storage timeout of 0": (
+        lambda d: ["hydra.sweeper.storage_timeout=0"],
+        "hydra.sweeper.storage_timeout must be >= 1",
+        "(seconds)",
+    ),
     "negative memory limit": (
         lambda d: ["hydra.sweeper.max_memory_gb=-1"],
         "hydra.sweeper.max_memory_gb must be > 0",

@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -41,8 +43,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    url: str
+    ctl: Callable[..., None]  # pg_ctl ARGS on this cluster: ctl("restart", "-m", "fast")
+
+
 @pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
+def postgres() -> Iterator[Server]:
     """A throwaway PostgreSQL cluster on loopback with password auth; `make test` installs the server."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
@@ -59,7 +67,8 @@ def postgres_url() -> Iterator[str]:
     run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True)  # noqa: E731
     run(initdb, "-D", str(data), "-U", "sweeplab", f"--pwfile={home / 'pw'}", "--auth=scram-sha-256")
     opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
-    run(pg_ctl, "-D", str(data), "-o", opts, "-l", str(home / "log"), "-w", "start")
+    ctl = lambda *args: run(pg_ctl, "-D", str(data), "-o", opts, "-l", str(home / "log"), "-w", *args)  # noqa: E731
+    ctl("start")
     try:
         base = f"postgresql+psycopg://sweeplab:{PASSWORD}@127.0.0.1:{port}"
         import sqlalchemy
@@ -68,12 +77,17 @@ def postgres_url() -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
         engine.dispose()
-        yield f"{base}/sweeps"
+        yield Server(f"{base}/sweeps", ctl)
     finally:
         subprocess.run(
             [*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
         )
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: Server) -> str:
+    return postgres.url
 
 
 def _files_holding(root: Path, secrets: list[str]) -> list[str]:
@@ -120,3 +134,126 @@ def test_two_workers_sweep_on_postgres_and_no_secret_leaks(postgres_url: str, tm
     )
     hits = _files_holding(tmp_path, secrets)
     assert hits == [], hits  # configs, logs, W&B offline runs, report
+
+
+def _sweep(out: Path, study: str, url: str, *overrides: str) -> list[str]:
+    sweep = [o for o in SMALL if not o.startswith("trainer.max_steps")]
+    return [
+        sys.executable, "-m", "sweeplab.train", "--multirun", *sweep, "hparams_search=qlora",
+        f"hydra.sweeper.study_name={study}", "hydra.sweeper.pruner=none", f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.heartbeat_interval=1", f"paths.output_root={out}", *overrides,
+    ]  # fmt: skip
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert proc.poll() is None, f"the sweep ended too early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_server_restart_mid_trial_costs_nothing(postgres: Server, tmp_path: Path) -> None:
+    cmd = _sweep(tmp_path, "restart", postgres.url, "hydra.sweeper.n_trials=4", "trainer.max_steps=32")
+    log = tmp_path / "sweep.log"
+    proc = _start(cmd, log)
+    _wait_for_file(tmp_path / "sweeps" / "restart" / "1" / "checkpoints" / "last.ckpt", proc, log)
+    postgres.ctl("restart", "-m", "fast")  # every connection is cut; back within seconds
+    assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+    output = log.read_text()
+    trials = optuna.load_study(study_name="restart", storage=postgres.url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, [t.user_attrs for t in trials]
+    assert sorted(trials[1].intermediate_values) == list(range(4, 33, 4))  # no report was dropped
+    assert output.count("unreachable, retrying for up to 180 s") == 1, output[-4000:]  # one line per outage
+    assert "Traceback" not in output and PASSWORD not in output
+
+
+@pytest.mark.slow
+def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(postgres: Server, tmp_path: Path) -> None:
+    cmd = _sweep(
+        tmp_path, "outage", postgres.url, "hydra.sweeper.n_trials=2", "trainer.max_steps=48",
+        "hydra.sweeper.storage_timeout=5",
+    )  # fmt: skip
+    log = tmp_path / "first.log"
+    proc = _start(cmd, log)
+    ckpt = tmp_path / "sweeps" / "outage" / "0" / "checkpoints" / "last.ckpt"
+    _wait_for_file(ckpt, proc, log)
+    postgres.ctl("stop", "-m", "fast")
+    try:
+        code = proc.wait(timeout=300)
+    finally:
+        postgres.ctl("start")
+    output = log.read_text()
+    assert code == 75, output[-4000:]
+    assert "Traceback" not in output and PASSWORD not in output
+    shown = postgres.url.replace(PASSWORD, "***")
+    [line] = [ln for ln in output.splitlines() if "unreachable for over" in ln]
+    assert f"storage {shown} unreachable for over 5 s" in line and "run the same command again" in line
+
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = optuna.load_study(study_name="outage", storage=postgres.url).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    reason = trials[0].user_attrs["fail_reason"]
+    assert trials[0].user_attrs["fail_kind"] == "storage" and "unreachable for over 5 s" in reason, reason
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.user_attrs["resume_from"] == str(ckpt) and retry.params == trials[0].params
+    job_log = (tmp_path / "sweeps" / "outage" / str(retry.number) / "train.log").read_text()
+    assert "Restored all states from the checkpoint" in job_log
+
+
+def _flaky(failures: int) -> Callable[[], str]:
+    """Fails like a restarting server `failures` times, then answers."""
+    import sqlalchemy.exc
+
+    left = [failures]
+
+    def call() -> str:
+        if left[0]:
+            left[0] -= 1
+            cause = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+            raise optuna.exceptions.StorageInternalError("commit failed") from cause
+        return "ok"
+
+    return call
+
+
+def test_a_short_outage_is_retried_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from sweeplab import storage_retry
+
+    url = f"postgresql+psycopg://u:{PASSWORD}@db/x"
+    with caplog.at_level("WARNING", logger="sweeplab.storage_retry"):
+        assert storage_retry.call_with_retry(_flaky(3), url, timeout=30) == "ok"
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "storage postgresql+psycopg://u:***@db/x unreachable, retrying for up to 30 s"
+    assert len(lines) == 2 and lines[1].startswith("storage reachable again after")
+
+
+def test_a_long_outage_raises_one_error_naming_the_storage_without_its_password() -> None:
+    from sweeplab import storage_retry
+
+    url = f"postgresql+psycopg://u:{PASSWORD}@db/y"
+    with pytest.raises(storage_retry.StorageUnreachable) as err:
+        storage_retry.call_with_retry(_flaky(1000), url, timeout=1)
+    assert str(err.value).startswith("storage postgresql+psycopg://u:***@db/y unreachable for over 1 s")
+    assert PASSWORD not in str(err.value) and "run the same command again" in str(err.value)
+
+
+def test_errors_other_than_a_lost_connection_are_not_retried() -> None:
+    from sweeplab import storage_retry
+
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise KeyError("no such study")
+
+    with pytest.raises(KeyError):
+        storage_retry.call_with_retry(broken, "sqlite:///x.db", timeout=30)
+    assert calls == [1]

@@ -59,8 +59,10 @@ def start_and_kill(*overrides: str, output_root: Path, run_name: str, after_step
     return step
 
 
-def start_and_interrupt(*overrides: str, output_root: Path, run_name: str, after_step: int) -> str:
-    """Start a run and press Ctrl-C (SIGINT) once it has a checkpoint; returns its stderr."""
+def start_and_interrupt(
+    *overrides: str, output_root: Path, run_name: str, after_step: int, sig: int = signal.SIGINT
+) -> str:
+    """Start a run and press Ctrl-C (SIGINT, or send `sig`) once it has a checkpoint; returns its stderr."""
     last = output_root / "runs" / run_name / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, "-m", "sweeplab.train", f"paths.output_root={output_root}", f"run_name={run_name}"]
     proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -68,7 +70,7 @@ def start_and_interrupt(*overrides: str, output_root: Path, run_name: str, after
     while time.monotonic() < deadline and proc.poll() is None:
         step = ckpt_step(last)
         if step is not None and step >= after_step:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
         time.sleep(0.02)
     _, err = proc.communicate(timeout=300)
@@ -116,6 +118,20 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> Non
     diffs = val_diffs(a, c)
     print(f"Ctrl-C at step {saved_at}; max |val loss diff| {max(diffs):.3g} over {len(diffs)} validations")
     assert max(diffs) <= 1e-4
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path) -> None:
+    """What SLURM and Kubernetes send before they kill: save at the step, exit 130, resume."""
+    stderr = start_and_interrupt(
+        *RESUME, output_root=tmp_path, run_name="t", after_step=KILL_AFTER_STEP, sig=signal.SIGTERM
+    )
+    assert "SIGTERM at step" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert "resume: python -m sweeplab.train" in stderr
+    assert not (tmp_path / "runs" / "t" / "metrics.json").exists()
+    resumed = run_train(*RESUME, "run_name=t", "ckpt_path=last", output_root=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "runs" / "t" / "metrics.json").read_text())["steps"] == 120
 
 
 def test_a_finished_run_is_never_overwritten(tmp_path: Path) -> None:

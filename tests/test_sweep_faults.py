@@ -1,4 +1,4 @@
-"""Damage done to real sweeps: SIGKILL mid-trial, Ctrl-C mid-trial; the rerun must recover everything."""
+"""Damage done to real sweeps: SIGKILL, Ctrl-C or SIGTERM mid-trial; the rerun must recover everything."""
 
 from __future__ import annotations
 
@@ -137,6 +137,82 @@ def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None
         in (tmp_path / "sweeps" / "c" / str(retry.number) / "train.log").read_text()
     )
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_sigterm_to_a_two_worker_sweep_stops_both_at_a_step_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """Kubernetes signals the main process only: it must pass SIGTERM on to the other worker."""
+    cmd = command(tmp_path, "t", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "trainer.max_steps=60")
+    log = tmp_path / "first.log"
+    proc = start(cmd, log)
+    ckpts = [tmp_path / "sweeps" / "t" / str(n) / "checkpoints" / "last.ckpt" for n in (0, 1)]
+    wait_for(lambda: all(c.is_file() for c in ckpts), proc, log)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+    worker_log = (tmp_path / "sweeps" / "t" / "worker-1.log").read_text()
+    for text in (log.read_text(), worker_log):
+        assert "Traceback" not in text, text[-3000:]
+
+    trials = load(tmp_path, "t").trials
+    for n in (0, 1):  # each worker stopped its own trial at a step boundary, saved and queued it again
+        reason = trials[n].user_attrs["fail_reason"]
+        assert trials[n].state == TrialState.FAIL and reason.startswith("Interrupted: SIGTERM at step"), (
+            reason
+        )
+        assert not (tmp_path / "sweeps" / "t" / str(n) / "metrics.json").exists()
+        assert retry_of(trials, n).state == TrialState.WAITING
+        assert retry_of(trials, n).user_attrs["resume_from"] == str(ckpts[n])
+
+    rerun(cmd)
+    trials = load(tmp_path, "t").trials
+    for n in (0, 1):
+        retry = retry_of(trials, n)
+        assert retry.state == TrialState.COMPLETE and retry.params == trials[n].params
+        job_log = (tmp_path / "sweeps" / "t" / str(retry.number) / "train.log").read_text()
+        assert "Restored all states from the checkpoint" in job_log
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_a_full_disk_fails_the_trial_keeps_the_checkpoint_and_stops_the_sweep(tmp_path: Path) -> None:
+    """A real full filesystem: a small tmpfs as the output root (needs root; else skipped)."""
+    out = tmp_path / "small"
+    out.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(out)]
+    mounted = subprocess.run(mount, capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the study lives elsewhere: only outputs fill up
+        cmd = command(
+            out, "d", "hydra.sweeper.n_trials=3", "trainer.max_steps=60", f"hydra.sweeper.storage={storage}"
+        )
+        log = tmp_path / "sweep.log"
+        proc = start(cmd, log)
+        ckpt = out / "sweeps" / "d" / "0" / "checkpoints" / "last.ckpt"
+        wait_for(ckpt.is_file, proc, log)
+        time.sleep(0.5)  # let the first save's rename land
+        with open(out / "filler", "wb") as filler:  # what else wrote to the disk meanwhile
+            try:
+                while True:
+                    filler.write(b"\0" * (1 << 20))
+                    filler.flush()
+            except OSError:
+                pass
+        assert proc.wait(timeout=300) == 1, log.read_text()[-3000:]
+        output = log.read_text()
+        assert "sweep stopped: trial 0 FAIL: DiskFull: disk full while writing" in output, output[-3000:]
+        trials = optuna.load_study(study_name="d", storage=storage).trials
+        first = trials[0]
+        assert first.state == TrialState.FAIL and first.user_attrs["fail_kind"] == "disk_full"
+        assert str(out / "sweeps" / "d" / "0") in first.user_attrs["fail_reason"]
+        assert retry_of(trials, 0).state == TrialState.WAITING  # the params run again once there is room
+        started = [t.number for t in trials if t.state != TrialState.WAITING]
+        assert started == [0]  # no later trial was started to fail the same way
+        import torch
+
+        torch.load(ckpt, weights_only=True)  # the previous checkpoint is whole
+        assert not [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
 
 
 def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Path) -> None:

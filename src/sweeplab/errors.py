@@ -27,3 +27,13 @@ class DataLoaderFailed(SweeplabError, RuntimeError):
 
 class DivergedError(SweeplabError, FloatingPointError):
     """A NaN/inf training loss; the run stops instead of training on garbage."""
+
+
+class DiskFull(SweeplabError, OSError):
+    """A checkpoint, the adapter or metrics.json did not fit; the previous file is left whole."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            f"disk full while writing {path} (the previous file is unchanged): free space on its "
+            "filesystem, then run the same command again"
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import lightning as L
 
 from sweeplab.errors import Interrupted
+from sweeplab.outputs import atomic_write_text
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STORAGE_LOST_NOTE = "storage_lost.txt"  # beside last.ckpt; the sweep's rerun reads it
 
 
 class GracefulStop(L.Callback):
@@ -44,9 +47,19 @@ class GracefulStop(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         # Lightning has stepped the optimizer and the lr scheduler by now, and resumes a checkpoint
         # saved here as "restarted on train batch end". Mid-accumulation is no point to resume from.
-        if not self.requested or trainer.fit_loop.epoch_loop._should_accumulate():
+        retry = sys.modules.get("sweeplab.storage_retry")  # imported in sweeps only
+        lost = retry is not None and retry.LOST.is_set()  # the sweep's storage stayed down too long
+        if not (self.requested or lost) or trainer.fit_loop.epoch_loop._should_accumulate():
             return
         trainer.save_checkpoint(self.ckpt_path)
+        if lost:
+            error = retry.LOST_ERROR[0]
+            # Read by the rerun (hydra_plugins.sweeplab_sweeper.recovery): the trial could not be
+            # stored FAIL now, and "killed" would be the wrong reason then.
+            note = f"{error} (checkpoint at step {trainer.global_step})"
+            atomic_write_text(self.ckpt_path.parent / STORAGE_LOST_NOTE, note + "\n")
+            log.error("storage lost at step %d; checkpoint saved to %s", trainer.global_step, self.ckpt_path)
+            raise error
         raise Interrupted(
             f"{self.requested} at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}"
         )

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from sweeplab.errors import DiskFull
+
+FULL_BYTES = 1 << 20  # less free than this while a write failed: the disk is what failed it
+
+
+def disk_full(exc: BaseException, path: Path) -> DiskFull | None:
+    """ENOSPC, or a writer that wraps it in its own error (torch.save, safetensors) on a full disk.
+
+    Called before the temp file is removed, so the filesystem is still as full as the write found it.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(path)
+    if not isinstance(exc, Exception):
+        return None
+    try:
+        free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
+    except OSError:
+        return None
+    return DiskFull(path) if free < FULL_BYTES else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -19,8 +40,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(exc, path)
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise full from exc
         raise
 
 
@@ -42,8 +66,11 @@ def save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
             os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(exc, dest)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise full from exc
         raise
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
 import lightning as L
 import optuna
+
+from sweeplab.storage_retry import StorageDown, StorageUnreachable, give_up, no_wait
 
 log = logging.getLogger(__name__)
 
@@ -16,12 +19,16 @@ class PruningCallback(L.Callback):
 
     optuna-integration's PyTorchLightningPruningCallback reports per epoch; sweeplab validates
     several times per epoch, which that callback would collapse into one point.
+
+    While the storage is down, training goes on: reports wait in `pending` and are sent, in step
+    order, at the next validation that reaches the storage; no pruning decision is taken meanwhile.
     """
 
     def __init__(self, trial: optuna.Trial, monitor: str = "val/loss") -> None:
         self.trial = trial
         self.monitor = monitor
         self.pruned_at: int | None = None
+        self.pending: dict[int, float] = {}  # step -> value, not yet stored
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_step == 0:
@@ -30,14 +37,32 @@ class PruningCallback(L.Callback):
         if value is None or not math.isfinite(float(value)):
             return
         step = trainer.global_step
-        # A retried trial inherits its predecessor's values; Optuna ignores a second report and warns.
-        if step not in self.trial.storage.get_trial(self.trial._trial_id).intermediate_values:
-            self.trial.report(float(value), step=step)
+        self.pending[step] = float(value)
         # The final validation (trainer.validate, after fit) and the one at max_steps may be the
-        # trial's result: reported above so the curve is whole, but pruning them saves no work and
+        # trial's result: reported so the curve is whole, but pruning them saves no work and
         # would throw a finished result away (successive halving's rungs can fall on max_steps).
-        if trainer.state.fn != "fit" or step >= trainer.max_steps or not self.trial.should_prune():
+        final = trainer.state.fn != "fit" or step >= trainer.max_steps
+        try:
+            with contextlib.nullcontext() if final else no_wait():  # the last report may wait
+                self._flush()
+                if final or not self.trial.should_prune():
+                    return
+        except StorageDown:
+            log.info("trial %d: report at step %d kept until the storage is back", self.trial.number, step)
+            return
+        except StorageUnreachable as exc:
+            if final:
+                raise
+            give_up(exc)  # GracefulStop saves last.ckpt at the next step and stops
             return
         self.pruned_at = step
         trainer.should_stop = True
         log.info("trial %d pruned at step %d (%s %.4f)", self.trial.number, step, self.monitor, value)
+
+    def _flush(self) -> None:
+        # A retried trial inherits its predecessor's values; Optuna ignores a second report and warns.
+        stored = self.trial.storage.get_trial(self.trial._trial_id).intermediate_values
+        for step in sorted(self.pending):
+            if step not in stored:
+                self.trial.report(self.pending[step], step=step)
+            del self.pending[step]

@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Sampler
 
 from sweeplab.errors import ConfigError
+from sweeplab.outputs import disk_full
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -154,8 +155,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic on one filesystem: the old file or the new one, never half
-        except BaseException:
+        except BaseException as exc:
+            full = disk_full(exc, path)  # torch.save reports ENOSPC as a RuntimeError
             Path(tmp).unlink(missing_ok=True)
+            if full:
+                raise full from exc
             raise
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:

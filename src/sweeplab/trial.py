@@ -45,6 +45,10 @@ def trial_from_env(sweeper_cfg: Any, max_steps: int | None = None) -> optuna.Tri
     if not trial_id or sweeper_cfg is None or "pruner" not in sweeper_cfg:
         return None
     pruner = build_pruner(sweeper_cfg.pruner, dict(sweeper_cfg.get("pruner_kwargs") or {}), max_steps)
-    storage = str(sweeper_cfg.storage)
+    from sweeplab.storage_retry import RetryingRDBStorage
+
+    # The sweeper's own storage settings: a database restart during training costs this job nothing.
+    timeout = sweeper_cfg.get("storage_timeout", 180)
+    storage = RetryingRDBStorage(str(sweeper_cfg.storage), timeout=timeout)
     study = optuna.load_study(study_name=sweeper_cfg.study_name, storage=storage, pruner=pruner)
     return optuna.Trial(study, int(trial_id))

@@ -67,6 +67,8 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.max_failures must be >= 0 or null, got {options['max_failures']}")
     if (beat := options["heartbeat_interval"]) < 1:
         problems.append(f"hydra.sweeper.heartbeat_interval must be >= 1 (seconds), got {beat}")
+    if (timeout := options["storage_timeout"]) < 1:
+        problems.append(f"hydra.sweeper.storage_timeout must be >= 1 (seconds), got {timeout}")
     if (retries := options["max_retries"]) < 0:
         problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
     if (patience := options["patience"]) is not None and patience < 1:

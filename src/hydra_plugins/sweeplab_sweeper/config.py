@@ -35,6 +35,10 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # A worker that dies mid-trial stops beating; its trial turns FAIL and its params run again.
     heartbeat_interval: int = 30
     grace_period: int | None = None
+    # Seconds a storage outage (a PostgreSQL restart) is ridden out: every storage call of the sweep,
+    # the jobs' reports and the heartbeat retry with backoff meanwhile, and training goes on. Longer,
+    # and the running trial saves last.ckpt and the sweep exits 75 saying how to resume.
+    storage_timeout: int = 180
     # How often a killed trial's params run again (from its last checkpoint); interruptions are free.
     max_retries: int = 1
     # Opt-in: stop the study once the best has not improved over this many finished trials

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 WORKER_ATTR = "sweeplab:worker"
 RESUME_ATTR = "resume_from"
+STORAGE_LOST_NOTE = "storage_lost.txt"  # must match sweeplab.interrupt
 KEPT_ATTRS = ("recipe", "recipe_overrides")  # the rest (run_dir, steps, ...) describe the failed attempt only
 
 
@@ -89,16 +90,32 @@ def fail_lost_trials(study: optuna.Study, max_retry: int | None) -> None:
             lost[trial_id] = f"lost: no heartbeat from its worker for over {grace} s"
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.system_attrs.get(WORKER_ATTR)
-        if worker and worker.get("host") == host and not _alive(worker):
+        if not worker or worker.get("host") != host:
+            continue
+        if _alive(worker):  # certain here: its beats were only held up by a storage outage
+            lost.pop(trial._trial_id, None)
+        elif (note := _storage_lost_note(trial)) is not None:
+            lost[trial._trial_id] = f"storage: {note}"
+        else:
             lost[trial._trial_id] = (
                 f"killed: worker pid {worker['pid']} died mid-trial (SIGKILL, OOM killer or power loss)"
             )
     for trial_id, reason in lost.items():
+        kind = reason.split(":")[0]  # killed | lost | storage
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            storage.set_trial_user_attr(trial_id, "fail_kind", reason.split(":")[0])  # killed | lost
+            storage.set_trial_user_attr(trial_id, "fail_kind", kind)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished after all, or another worker failed it first
         log.warning("trial %d FAIL (%s)", storage.get_trial_number_from_id(trial_id), reason)
-        RetryWithCheckpoint(max_retry)(study, copy.deepcopy(storage.get_trial(trial_id)))
+        # A storage outage is no verdict on the params: it uses up none of their retries.
+        retries = None if kind == "storage" else max_retry
+        RetryWithCheckpoint(retries)(study, copy.deepcopy(storage.get_trial(trial_id)))
+
+
+def _storage_lost_note(trial: FrozenTrial) -> str | None:
+    """What GracefulStop wrote beside last.ckpt when the storage went away (it could store nothing)."""
+    run_dir = trial.user_attrs.get("run_dir")
+    note = Path(run_dir) / "checkpoints" / STORAGE_LOST_NOTE if run_dir else None
+    return note.read_text().strip() if note is not None and note.is_file() else None

@@ -12,8 +12,9 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import optuna
 import sqlalchemy
+
+from sweeplab.storage_retry import RetryingRDBStorage, call_with_retry, transient
 
 
 def absolute_url(url: str) -> str:
@@ -26,23 +27,38 @@ def absolute_url(url: str) -> str:
     return prefix + str(path)
 
 
-def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+def open_storage(
+    url: str, heartbeat_interval: int, grace_period: int | None, timeout: float
+) -> RetryingRDBStorage:
+    return RetryingRDBStorage(
+        url, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+    )
 
 
 @contextlib.contextmanager
-def study_lock(url: str, study_name: str, lock_dir: Path) -> Iterator[None]:
+def study_lock(url: str, study_name: str, lock_dir: Path, timeout: float = 0) -> Iterator[None]:
     """flock beside an SQLite file; a PostgreSQL advisory lock; else a local lock file."""
     if url.startswith("postgresql"):
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
+
+        def connect() -> sqlalchemy.Connection:
+            conn = engine.connect()
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            return conn
+
+        conn = call_with_retry(connect, url, timeout)
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        engine.dispose()
+            except Exception as exc:
+                # A server restart ended the session, and with it the lock: nothing left to release.
+                if not transient(exc):
+                    raise
+            conn.close()
+            engine.dispose()
         return
     if url.startswith("sqlite:///"):
         lock_path = Path(url[len("sqlite:///") :] + ".lock")

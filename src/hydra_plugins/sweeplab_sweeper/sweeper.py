@@ -35,8 +35,17 @@ from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.config import validate
-from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, DivergedError, Interrupted, OutOfMemory
+from sweeplab.errors import (
+    ConfigError,
+    DataError,
+    DataLoaderFailed,
+    DiskFull,
+    DivergedError,
+    Interrupted,
+    OutOfMemory,
+)
 from sweeplab.secrets import install_log_redaction, redact_text
+from sweeplab.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
 from sweeplab.trial import TRIAL_ENV, build_pruner
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning)
 
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"
+STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
 RECIPE_OVERRIDES = "recipe_overrides"
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 
@@ -63,6 +73,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.grace_period = extra["grace_period"]
         self.max_retries = extra["max_retries"]
         self.patience = extra["patience"]
+        self.storage_timeout = extra["storage_timeout"]
         self.memory = MemoryGate(extra["max_memory_gb"])
 
     def _get_directions(self) -> list[str]:
@@ -91,10 +102,19 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             distributions.pop(name, None)
         sweep_dir = Path(self.sweep_dir)
         url = absolute_url(str(self.storage or f"sqlite:///{sweep_dir.parent / 'optuna.db'}"))
-        lock = lambda: study_lock(url, self.study_name, sweep_dir)  # noqa: E731
+        lock = lambda: study_lock(url, self.study_name, sweep_dir, self.storage_timeout)  # noqa: E731
         metric = self.objective.metric
+        try:
+            self._sweep(url, lock, distributions, fixed, fixed_overrides, sweep_dir, metric)
+        except StorageUnreachable as exc:  # one line, no traceback: the rerun resumes from last.ckpt
+            log.error("%s", exc)
+            sys.exit(STORAGE_LOST_EXIT)
+
+    def _sweep(self, url, lock, distributions, fixed, fixed_overrides, sweep_dir: Path, metric: str) -> None:
+        LOST.clear()
+        LOST_ERROR.clear()
         with lock():
-            storage = open_storage(url, self.heartbeat_interval, self.grace_period)
+            storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.storage_timeout)
             study = self.open_study(storage, url)
             if study.metric_names is None:
                 study.set_metric_names([metric])
@@ -129,16 +149,28 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             self.n_trials,
         )
         workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
+        received: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (SLURM, Kubernetes) outside a training step: stop like Ctrl-C, not die at once
+            # with the workers left running. Inside a step, GracefulStop takes both signals over.
+            signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt(received, signum))
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         except (SweepInterrupted, KeyboardInterrupt) as stop:
-            for worker in workers:  # their own sessions: the terminal's Ctrl-C reached this process only
+            sig = signal.SIGTERM if received or "SIGTERM" in str(stop) else signal.SIGINT
+            for worker in workers:  # their own sessions: the signal reached this process only
                 if worker.poll() is None:
-                    worker.send_signal(signal.SIGINT)
+                    worker.send_signal(sig)
             for worker in workers:
                 worker.wait()
-            log.warning("sweep stopped (%s); run the same command again to resume", stop or "Ctrl-C")
+            log.warning("sweep stopped (%s); run the same command again to resume", stop or sig.name)
             sys.exit(130)
+        except SweepDiskFull as stop:
+            for worker in workers:  # they write to the same disk: stop them at a step too
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGINT)
+            log.error("sweep stopped: %s", stop)
+            sys.exit(1)
         finally:
             for worker in workers:
                 worker.wait()
@@ -247,6 +279,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self.prune_predicted(study, trial, *predicted)
                 continue
             self.run_trial(study, storage, trial, overrides)
+            if LOST.is_set():  # the heartbeat gave up after the trial had ended
+                raise LOST_ERROR[0]
 
     def prune_predicted(self, study: optuna.Study, trial: optuna.Trial, reason: str, gb: float) -> None:
         """PRUNED, not FAIL: a region the sampler should avoid, not a crash counted toward max_failures."""
@@ -290,9 +324,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         state, value, reason, kind = outcome(ret)
         del ret
         release_memory()
+        if kind == "storage":  # last.ckpt saved; the trial stays RUNNING and the rerun resumes it
+            raise LOST_ERROR[0] if LOST_ERROR else StorageUnreachable(storage.url, self.storage_timeout)
         if kind == "interrupted":
             self.stop_trial(study, trial, reason)
             raise SweepInterrupted(f"trial {trial.number} {reason}")
+        if kind == "disk_full":  # every later trial would fail the same way: stop, keep the params queued
+            self.stop_trial(study, trial, reason, kind)
+            raise SweepDiskFull(f"trial {trial.number} FAIL: {reason}")
         if reason:
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("fail_kind", kind)
@@ -305,10 +344,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         log.info("trial %d %s%s", trial.number, state.name, shown)
 
-    def stop_trial(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-        """An interruption is no verdict on the params: FAIL with the reason, and queue them again."""
+    def stop_trial(
+        self, study: optuna.Study, trial: optuna.Trial, reason: str, kind: str = "interrupted"
+    ) -> None:
+        """An interruption (or a full disk) is no verdict on the params: FAIL, and queue them again."""
         trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("fail_kind", "interrupted")
+        trial.set_user_attr("fail_kind", kind)
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
 
@@ -336,19 +377,34 @@ def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
 
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("fail_kind") == "interrupted"
+    return trial.user_attrs.get("fail_kind") in ("interrupted", "disk_full", "storage")
 
 
 class SweepInterrupted(Exception):
     """Ctrl-C or SIGTERM: the trial is stored FAIL, its params queued again, the sweep stops."""
 
 
+class SweepDiskFull(Exception):
+    """A trial's outputs did not fit on the disk: it is stored FAIL (disk_full) and the sweep stops."""
+
+
 def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
     """Optuna beats only inside study.optimize(); ask/tell sweeps must do it themselves."""
     while True:
-        storage.record_heartbeat(trial_id)
+        try:
+            storage.record_heartbeat(trial_id)  # retried while the storage is down
+        except StorageUnreachable as exc:
+            give_up(exc)  # training saves last.ckpt at the next step and the sweep ends
+            return
         if stop.wait(interval):
             return
+
+
+def _raise_interrupt(received: list[int], signum: int) -> None:
+    if received:
+        return  # one is enough: the first is being handled
+    received.append(signum)
+    raise KeyboardInterrupt
 
 
 def release_memory() -> None:
@@ -368,6 +424,8 @@ def fail_kind(exc: BaseException) -> str:
         DataError: "data",
         ConfigError: "config",
         Interrupted: "interrupted",
+        DiskFull: "disk_full",
+        StorageUnreachable: "storage",
     }
     return next((kind for cls, kind in kinds.items() if isinstance(exc, cls)), "error")
 
@@ -438,6 +496,7 @@ class SweeplabSweeper(Sweeper):
                 "max_retries",
                 "patience",
                 "max_memory_gb",
+                "storage_timeout",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
