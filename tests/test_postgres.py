@@ -170,7 +170,9 @@ def test_a_server_restart_mid_trial_costs_nothing(postgres: Server, tmp_path: Pa
     trials = optuna.load_study(study_name="restart", storage=postgres.url).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, [t.user_attrs for t in trials]
     assert sorted(trials[1].intermediate_values) == list(range(4, 33, 4))  # no report was dropped
-    assert output.count("unreachable, retrying for up to 180 s") == 1, output[-4000:]  # one line per outage
+    # One line per outage at most: when the restart falls between storage calls, pool_pre_ping's
+    # reconnect hides it completely and no call ever sees it.
+    assert output.count("unreachable, retrying for up to 180 s") <= 1, output[-4000:]
     assert "Traceback" not in output and PASSWORD not in output
 
 

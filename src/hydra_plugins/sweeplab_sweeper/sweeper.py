@@ -32,7 +32,13 @@ from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
-from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
+from hydra_plugins.sweeplab_sweeper.recovery import (
+    RESUME_ATTR,
+    STORAGE_LOST_NOTE,
+    RetryWithCheckpoint,
+    claim,
+    fail_lost_trials,
+)
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
 from sweeplab.config import validate
 from sweeplab.errors import (
@@ -44,6 +50,7 @@ from sweeplab.errors import (
     Interrupted,
     OutOfMemory,
 )
+from sweeplab.outputs import atomic_write_text
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
 from sweeplab.trial import TRIAL_ENV, build_pruner
@@ -73,6 +80,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.grace_period = extra["grace_period"]
         self.max_retries = extra["max_retries"]
         self.patience = extra["patience"]
+        self.in_flight: Path | None = None  # the run dir of the trial this process is running
         self.storage_timeout = extra["storage_timeout"]
         self.memory = MemoryGate(extra["max_memory_gb"])
 
@@ -108,6 +116,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             self._sweep(url, lock, distributions, fixed, fixed_overrides, sweep_dir, metric)
         except StorageUnreachable as exc:  # one line, no traceback: the rerun resumes from last.ckpt
             log.error("%s", exc)
+            note_storage_lost(self.in_flight, exc)
             sys.exit(STORAGE_LOST_EXIT)
 
     def _sweep(self, url, lock, distributions, fixed, fixed_overrides, sweep_dir: Path, metric: str) -> None:
@@ -299,6 +308,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         recipe = trial.user_attrs.get("recipe")
         params = " ".join(f"{k}={v}" for k, v in trial.params.items())
         log.info("trial %d%s: %s", trial.number, f" ({recipe})" if recipe else "", params)
+        self.in_flight = Path(self.sweep_dir) / str(trial.number)  # hydra.sweep.subdir: the trial number
         overrides += [
             f"+hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}",
             f"logger.group={study.study_name}",
@@ -343,6 +353,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             else ""
         )
         log.info("trial %d %s%s", trial.number, state.name, shown)
+        self.in_flight = None
 
     def stop_trial(
         self, study: optuna.Study, trial: optuna.Trial, reason: str, kind: str = "interrupted"
@@ -352,6 +363,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         trial.set_user_attr("fail_kind", kind)
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+
+
+def note_storage_lost(run_dir: Path | None, exc: StorageUnreachable) -> None:
+    """The storage went away outside a training step (the job's last writes, the tell): GracefulStop
+    wrote no note then, and without one the rerun would call the trial killed instead of cut off."""
+    note = run_dir / "checkpoints" / STORAGE_LOST_NOTE if run_dir is not None else None
+    if note is not None and note.parent.is_dir() and not note.exists():
+        atomic_write_text(note, f"{exc} (the sweep stopped)\n")
 
 
 def trials_since_best(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> int:
