@@ -100,26 +100,17 @@ def meta_peft_model(config: Any, rc: RunConfig) -> Any:
     import warnings
 
     import torch
-    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from sweeplab.model import peft_lora_config
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         model = AutoModelForCausalLM.from_config(config)
-        lora = rc.lora
         try:
-            peft_config = PeftLoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                use_rslora=lora.use_rslora,
-                lora_dropout=lora.dropout,
-                bias=lora.bias,
-                target_modules=lora.target_modules,
-                layers_to_transform=lora.layers_to_transform,
-                task_type="CAUSAL_LM",
-            )
-        except ValueError as exc:  # e.g. layers_to_transform with the all-linear keyword
+            peft_config = peft_lora_config(model, rc.lora)
+        except ValueError as exc:
             raise ConfigError(f"lora: peft refuses this adapter: {exc}") from None
         for p in model.parameters():  # prepare_model_for_kbit_training freezes the base first
             p.requires_grad_(False)

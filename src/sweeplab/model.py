@@ -112,17 +112,12 @@ def layer_targets(model: torch.nn.Module, targets: str | list[str]) -> str | lis
     )
 
 
-def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
-    """Freeze the base, upcast norms, and add LoRA adapters on the chosen target set."""
+def peft_lora_config(model: torch.nn.Module, lora: LoraConfig) -> PeftLoraConfig:
+    """The adapter as peft takes it; sweeplab.estimate wraps its meta model with the very same."""
     check_targets(model, lora)
     depth = model.config.get_text_config().num_hidden_layers
     layers = lora.resolve_layers(depth, model.config.name_or_path)
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
-    peft_config = PeftLoraConfig(
+    return PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         use_rslora=lora.use_rslora,
@@ -134,6 +129,16 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
         else lora.target_modules,
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
+    )
+
+
+def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
+    """Freeze the base, upcast norms, and add LoRA adapters on the chosen target set."""
+    peft_config = peft_lora_config(model, lora)
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
     peft_model = get_peft_model(model, peft_config)
     peft_model.train()  # from_pretrained leaves eval mode; dropout and the repack guard need train
