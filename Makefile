@@ -52,7 +52,7 @@ dashboard: install  ## optuna-dashboard on the sweep storage (http://127.0.0.1:8
 
 test: install install-bench  ## install from nothing, then every CPU test (slow ones too): what CI runs
 	bash scripts/ensure-postgres.sh
-	$(PY) -m pytest -m "not gpu"
+	$(PY) -m pytest -m "not gpu" --durations=25
 
 test-fast:  ## the quick loop while you work
 	$(PY) -m pytest -m "not slow and not gpu"
