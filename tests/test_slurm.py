@@ -90,7 +90,7 @@ def test_a_worker_job_killed_mid_trial_is_recovered(postgres: Server, tmp_path: 
     job_log = (tmp_path / "sweeps" / "kill" / str(retry.number) / "train.log").read_text()
     assert "Restored all states from the checkpoint" in job_log
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4 and len(trials) == 5
-    assert re.search(r"worker job \d+ ended \w+; its log: ", output), output[-3000:]
+    assert re.search(r"worker job \d+ failed \(.*exited with code -9\); its log: ", output), output[-3000:]
 
 
 @pytest.mark.slow

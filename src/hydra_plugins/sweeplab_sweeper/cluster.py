@@ -9,13 +9,14 @@ in-process (Hydra's basic launcher) against the shared study.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hydra.types import HydraContext, TaskFunction
@@ -112,16 +113,35 @@ def worker_jobs(n_jobs: int, kind: str) -> list[WorkerJob]:
     ]
 
 
-def submit_workers(launcher: Any, n_jobs: int) -> list[Any]:
+def submit_workers(launcher: Any, n_jobs: int, detach: bool) -> list[Any]:
     """One submission (a SLURM job array, so array_parallelism applies) of n_jobs worker jobs."""
     executor = make_executor(launcher)
     jobs = []
-    with executor.batch():
-        for job in worker_jobs(n_jobs, launcher._EXECUTOR):
+    kind = launcher._EXECUTOR
+    with detached_output() if detach and kind == "local" else contextlib.nullcontext(), executor.batch():
+        for job in worker_jobs(n_jobs, kind):
             jobs.append(executor.submit(job))
     for k, job in enumerate(jobs, start=1):
         log.info("worker %d: %s job %s (log: %s)", k, launcher._EXECUTOR, job.job_id, job.paths.stdout)
     return jobs
+
+
+@contextlib.contextmanager
+def detached_output() -> Iterator[None]:
+    """Local job controllers inherit this process's stdout and stderr (their tasks write to log files):
+    holding them, a detached sweep piped into `tee` or captured by a script would not return."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def how_to_follow(jobs: list[Any], kind: str, study_name: str, url: str) -> list[str]:
@@ -149,17 +169,25 @@ def wait_for(jobs: list[Any], progress: Callable[[], str]) -> list[Any]:
             log.info("%s (%d of %d worker jobs running)", line, running, len(jobs))
             shown = line
         time.sleep(POLL_S)
-    failed = [job for job in jobs if _failed(job)]
-    for job in failed:
-        log.warning("worker job %s ended %s; its log: %s", job.job_id, job.state, job.paths.stdout)
+    failed = []
+    for job in jobs:
+        if (reason := failure(job)) is not None:
+            log.warning("worker job %s failed (%s); its log: %s", job.job_id, reason, job.paths.stdout)
+            failed.append(job)
     return failed
 
 
-def _failed(job: Any) -> bool:
+def failure(job: Any) -> str | None:
+    """The last line of a failed job's error (submitit keeps the whole traceback), None if it succeeded."""
     try:
-        return job.exception() is not None
-    except Exception:  # noqa: BLE001 - no result at all (killed before writing one): failed
-        return True
+        exc = job.exception()
+    except Exception as err:  # noqa: BLE001 - no result at all: killed before it could write one
+        exc = err
+    if exc is None:
+        return None
+    parts = str(exc).split("-" * 22)  # submitit's FailedJobError: header, the job's traceback, paths
+    lines = [ln.strip() for ln in (parts[1] if len(parts) > 2 else str(exc)).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"{type(exc).__name__}, state {job.state}"
 
 
 def cancel(jobs: list[Any]) -> None:

@@ -238,12 +238,13 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
     def run_on_cluster(self, study: optuna.Study, lock, sweep_dir: Path, url: str) -> None:
         """This command trains nothing: it submits n_jobs workers, then waits and summarizes, or returns."""
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = cluster.submit_workers(self.launcher, self.n_jobs)
+        jobs = cluster.submit_workers(self.launcher, self.n_jobs, detach=not self.wait)
         if not self.wait:
             for line in cluster.how_to_follow(jobs, self.cluster, study.study_name, url):
                 log.info("%s", line)
             return
-        signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt([], signum))
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops the sweep like Ctrl-C
+            signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt([], signum))
         try:
             failed = cluster.wait_for(jobs, lambda: self.progress(study))
             self.wait_for_running(study, lock)
