@@ -119,13 +119,21 @@ def test_wait_false_returns_at_once_and_the_rerun_waits_and_summarizes(
 
 def test_slurm_refuses_sqlite_and_more_than_one_worker_per_job(tmp_path: Path) -> None:
     result = run(
-        command(tmp_path, "s", "sqlite:///x.db", "hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2"),
+        command(
+            tmp_path,
+            "s",
+            "sqlite:///x.db",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.nodes=2",
+            "hydra.launcher.max_num_timeout=2",
+        ),  # fmt: skip
         timeout=300,
     )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "sweeplab: error: cannot run the workers as jobs:" in result.stderr
     assert "hydra.sweeper.storage=sqlite:///x.db: SLURM workers on other nodes need" in result.stderr
     assert "hydra.launcher.nodes=2: must be 1" in result.stderr and "Traceback" not in result.stderr
+    assert "hydra.launcher.max_num_timeout=2: worker jobs are not requeued" in result.stderr
     assert not (tmp_path / "sweeps" / "s" / ".submitit").exists()  # nothing was submitted
 
 
@@ -143,12 +151,12 @@ def test_the_launcher_config_reaches_sbatch(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     launcher = SlurmLauncher(
         submitit_folder=str(tmp_path / "%j"), timeout_min=240, gpus_per_node=2, cpus_per_task=8, mem_gb=64,
-        tasks_per_node=1, nodes=1, name="sweep", stderr_to_stdout=False, partition="gpu", max_num_timeout=3,
+        tasks_per_node=1, nodes=1, name="sweep", stderr_to_stdout=False, partition="gpu", max_num_timeout=0,
         signal_delay_s=120, additional_parameters={"mail-type": "END"}, array_parallelism=4,
         setup=["module load cuda"],
     )  # fmt: skip
     executor = make_executor(launcher)
-    assert executor._executor.max_num_timeout == 3
+    assert executor._executor.max_num_timeout == 0
     script = executor._executor._make_submission_file_text("python -m x", "uid")
     for flag in ("--partition=gpu", "--gpus-per-node=2", "--time=240", "--cpus-per-task=8", "--mem=64GB",
                  "--job-name=sweep", "--mail-type=END", "--signal=USR2@120"):  # fmt: skip

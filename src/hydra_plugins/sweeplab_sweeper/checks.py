@@ -307,6 +307,12 @@ def cluster_problems(kind: str | None, url: str, launcher: DictConfig, wait: boo
                 f"hydra.launcher.{key}={launcher[key]}: must be 1 (each job is one sweep worker); more "
                 "workers: hydra.sweeper.n_jobs=N, GPUs per worker: hydra.launcher.gpus_per_node=N"
             )
+    if launcher.get("max_num_timeout", 0):
+        problems.append(
+            f"hydra.launcher.max_num_timeout={launcher.max_num_timeout}: worker jobs are not requeued after "
+            "their time limit (the running trial is stored FAIL and queued again; the next worker or a "
+            "rerun resumes it from last.ckpt); leave it 0"
+        )
     return problems
 
 
