@@ -284,6 +284,38 @@ def storage_problem(url: str) -> str | None:
     return None
 
 
+def cluster_problems(kind: str | None, url: str, launcher: DictConfig, wait: bool) -> list[str]:
+    """Worker jobs (kind: slurm | local) need a storage they can all reach, and one worker per job."""
+    if kind is None:
+        if wait:
+            return []
+        return [
+            "hydra.sweeper.wait=false needs hydra/launcher=submitit_slurm or submitit_local (workers as "
+            "jobs); with this launcher the command is itself a worker and cannot return before the sweep ends"
+        ]
+    problems = []
+    if kind == "slurm" and url.startswith("sqlite"):
+        # Local jobs (submitit_local) share one machine and one lock file, as n_jobs workers always did.
+        problems.append(
+            f"hydra.sweeper.storage={url}: SLURM workers on other nodes need a database server they can all "
+            "reach (SQLite on a shared filesystem loses writes and locks); set hydra.sweeper.storage="
+            "postgresql+psycopg://user:password@host:5432/db"
+        )
+    for key in ("nodes", "tasks_per_node"):
+        if launcher.get(key, 1) != 1:
+            problems.append(
+                f"hydra.launcher.{key}={launcher[key]}: must be 1 (each job is one sweep worker); more "
+                "workers: hydra.sweeper.n_jobs=N, GPUs per worker: hydra.launcher.gpus_per_node=N"
+            )
+    if launcher.get("max_num_timeout", 0):
+        problems.append(
+            f"hydra.launcher.max_num_timeout={launcher.max_num_timeout}: worker jobs are not requeued after "
+            "their time limit (the running trial is stored FAIL and queued again; the next worker or a "
+            "rerun resumes it from last.ckpt); leave it 0"
+        )
+    return problems
+
+
 def _sqlite_problem(where: str, database: str | None) -> str | None:
     if not database or database == ":memory:":
         return f"{where}: an in-memory database keeps no study for workers or a resume; {STORAGES}"

@@ -22,7 +22,8 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     pruner_kwargs: dict[str, Any] = field(default_factory=dict)
     # Known recipes run as the first trials of a new study: [{recipe: name, params: {key: value}}].
     enqueue: list[Any] = field(default_factory=list)
-    # Worker processes on one storage; each takes the next trial as soon as its own ends.
+    # Worker processes on one storage; each takes the next trial as soon as its own ends. With
+    # hydra/launcher=submitit_slurm or submitit_local: the number of worker jobs.
     n_jobs: int = 1
     # FAIL trials do not count toward n_trials; beyond this many the sweep stops (default: n_trials).
     max_failures: int | None = None
@@ -53,6 +54,11 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # trial without intermediate values worst and so learns to avoid that region. A trial that cannot
     # be estimated runs unchecked (one warning). null: no check.
     max_memory_gb: float | None = None
+    # With hydra/launcher=submitit_slurm (or submitit_local) this command submits n_jobs worker jobs
+    # and trains nothing itself. true: it waits, logs progress and summarizes (Ctrl-C or SIGTERM
+    # cancels the jobs; their running trials are queued again). false: it returns at once, printing
+    # the job ids, their logs and how to follow; running it again resumes. Other launchers: must be true.
+    wait: bool = True
 
 
 ConfigStore.instance().store(

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from hydra_plugins.sweeplab_sweeper import checks
+from hydra_plugins.sweeplab_sweeper import checks, cluster
+from hydra_plugins.sweeplab_sweeper.cluster import WORKER_ENV
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
 from hydra_plugins.sweeplab_sweeper.recovery import (
     RESUME_ATTR,
@@ -60,7 +62,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning)
 
-WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
 RECIPE_OVERRIDES = "recipe_overrides"
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
@@ -83,6 +84,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.in_flight: Path | None = None  # the run dir of the trial this process is running
         self.storage_timeout = extra["storage_timeout"]
         self.memory = MemoryGate(extra["max_memory_gb"])
+        self.wait = extra["wait"]
+        self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
@@ -157,6 +160,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             len(finished),
             self.n_trials,
         )
+        if self.cluster and not os.environ.get(WORKER_ENV):
+            return self.run_on_cluster(study, lock, sweep_dir, url)
         workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
         received: list[int] = []
         if threading.current_thread() is threading.main_thread():
@@ -229,6 +234,61 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             log_sweep_summary(study, logger.project, sweep_dir, logger.get("mode", "auto"))
         except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not fail a finished sweep
             log.warning("could not log the W&B sweep summary: %s", exc)
+
+    def run_on_cluster(self, study: optuna.Study, lock, sweep_dir: Path, url: str) -> None:
+        """This command trains nothing: it submits n_jobs workers, then waits and summarizes, or returns."""
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = cluster.submit_workers(self.launcher, self.n_jobs, detach=not self.wait)
+        if not self.wait:
+            for line in cluster.how_to_follow(jobs, self.cluster, study.study_name, url):
+                log.info("%s", line)
+            return
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops the sweep like Ctrl-C
+            signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt([], signum))
+        try:
+            failed = cluster.wait_for(jobs, lambda: self.progress(study))
+            self.wait_for_running(study, lock)
+        except KeyboardInterrupt:
+            cluster.cancel(jobs)
+            log.warning(
+                "sweep stopped: worker jobs %s cancelled (their running trials are stored FAIL and queued "
+                "again); run the same command again to resume",
+                " ".join(job.job_id for job in jobs),
+            )
+            sys.exit(130)
+        summarize(study, sweep_dir)
+        self.log_to_wandb(study, sweep_dir)
+        done = self.finished(study)
+        if failed and done < self.n_trials:
+            log.error(
+                "%d of %d trials finished and %d worker jobs failed (logs above); run the same command "
+                "again to resume",
+                done,
+                self.n_trials,
+                len(failed),
+            )
+            sys.exit(1)
+
+    @staticmethod
+    def finished(study: optuna.Study) -> int:
+        return sum(
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)
+        )
+
+    def progress(self, study: optuna.Study) -> str:
+        return f"study {study.study_name}: {self.finished(study)} of {self.n_trials} trials done"
+
+    def wait_for_running(self, study: optuna.Study, lock) -> None:
+        """Workers of an earlier submission (wait=false) or on other machines may still hold trials:
+        the summary waits for them; a dead worker's trial is failed (and queued) as a worker would."""
+        while True:
+            with lock():
+                fail_lost_trials(study, self.max_retries)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
+                return
+            log.info("waiting for %d trials still running in other workers", len(running))
+            time.sleep(cluster.POLL_S)
 
     def spawn_workers(self, sweep_dir: Path) -> list[subprocess.Popen]:
         """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
@@ -470,7 +530,11 @@ def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]
 
 def base_command() -> str:
     """The sweep command without the sweep, as the start of the best trial's command."""
-    args = [a for a in sys.argv[1:] if not a.startswith(("--multirun", "-m", "hparams_search=", "hydra."))]
+    args = [
+        a
+        for a in sys.argv[1:]
+        if not a.startswith(("--multirun", "-m", "hparams_search=", "hydra.", "hydra/"))
+    ]
     return redact_text(" ".join(["python -m sweeplab.train", *args]))
 
 
@@ -516,12 +580,17 @@ class SweeplabSweeper(Sweeper):
                 "patience",
                 "max_memory_gb",
                 "storage_timeout",
+                "wait",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        impl = self.impl
+        impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        impl.cluster = cluster.executor_kind(impl.launcher)
+        if impl.cluster and os.environ.get(WORKER_ENV):  # a worker job: its trials run in it
+            impl.launcher = cluster.basic_launcher(hydra_context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.impl  # everything checked before a storage, study or trial exists
@@ -531,4 +600,8 @@ class SweeplabSweeper(Sweeper):
         checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
         url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
         checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
+        launcher = impl.config.hydra.launcher
+        checks.fail(
+            "cannot run the workers as jobs", checks.cluster_problems(impl.cluster, url, launcher, impl.wait)
+        )
         return impl.sweep(arguments)

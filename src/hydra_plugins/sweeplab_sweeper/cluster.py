@@ -1,0 +1,197 @@
+"""Sweep workers as cluster jobs (`hydra/launcher=submitit_slurm` or `submitit_local`) through submitit.
+
+hydra-submitit-launcher works with the pinned Hydra, but its `launch()` submits one job per trial in
+batches and waits for each batch: the slowest-trial wait the ask/tell loop removes. So its config
+(partition, GPUs, time limit, ...) is reused, mapped to submitit exactly as its `launch()` maps it,
+but each job is a whole worker: this same command, running the ask/tell loop with its trials
+in-process (Hydra's basic launcher) against the shared study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.secrets import redact_text
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in every worker: it runs trials and spawns no workers
+SECRET_ARG_ENV = "SWEEPLAB_WORKER_ARG_{}"  # a command argument holding a secret, passed by environment
+POLL_S = 5.0  # how often the waiting command looks at its jobs and the study
+
+
+def executor_kind(launcher: Any) -> str | None:
+    """'slurm' or 'local' for hydra-submitit-launcher's launchers (by class, so subclasses count)."""
+    try:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+    except ImportError:
+        return None
+    return launcher._EXECUTOR if isinstance(launcher, BaseSubmititLauncher) else None
+
+
+def basic_launcher(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> Any:
+    """Inside a worker job the trials run in-process, one after another, as on one machine."""
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    launcher = BasicLauncher()
+    launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+    return launcher
+
+
+def make_executor(launcher: Any) -> Any:
+    """The launcher's own params, mapped as BaseSubmititLauncher.launch() maps them."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    kind = launcher._EXECUTOR
+    params = dict(launcher.params)
+    init = {"folder": params.pop("submitit_folder")}
+    if "max_num_timeout" in params:
+        init[f"{kind}_max_num_timeout"] = params.pop("max_num_timeout")
+    executor = submitit.AutoExecutor(cluster=kind, **init)
+    common = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in common else f"{kind}_{k}": v for k, v in params.items()})
+    return executor
+
+
+class WorkerJob:
+    """One sweep worker as a submitit job: the submitting command, as a worker, in a child process.
+
+    Arguments holding a secret (the storage password) are not pickled into the job folder: they
+    reach the job through its environment (sbatch exports the submitter's by default; local jobs
+    inherit it) and are put back here.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], secret_args: dict[int, str], cwd: str) -> None:
+        self.argv, self.env, self.secret_args, self.cwd = argv, env, secret_args, cwd
+
+    def __call__(self) -> None:
+        argv = list(self.argv)
+        for i, name in self.secret_args.items():
+            if name not in os.environ:
+                raise RuntimeError(
+                    f"{name} is not in the job's environment; the job needs the submitter's environment "
+                    "(sbatch --export=ALL, its default)"
+                )
+            argv[i] = os.environ[name]
+        worker = subprocess.Popen(argv, cwd=self.cwd, env={**os.environ, **self.env})
+        # scancel / Ctrl-C reach this process: pass them on, so the trial stops at a step and is queued again.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: worker.send_signal(signum))
+        code = worker.wait()
+        if code != 0:
+            raise RuntimeError(f"sweep worker {self.env[WORKER_ENV]} exited with code {code}")
+
+
+def worker_jobs(n_jobs: int, kind: str) -> list[WorkerJob]:
+    """n_jobs copies of this command as workers 1..n_jobs; secrets moved into this process's environment."""
+    argv, secret_args = [], {}
+    for i, arg in enumerate(sys.orig_argv):
+        if redact_text(arg) != arg:
+            name = SECRET_ARG_ENV.format(i)
+            os.environ[name] = arg  # exported to the jobs at submission, never written to the job folder
+            secret_args[i] = name
+            arg = redact_text(arg)
+        argv.append(arg)
+    extra = {}
+    if kind == "local" and n_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Each torch process would take every core: N workers on 2 cores ran a step 80x slower.
+        extra["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_jobs))
+    return [
+        WorkerJob(argv, {**extra, WORKER_ENV: str(k)}, secret_args, os.getcwd()) for k in range(1, n_jobs + 1)
+    ]
+
+
+def submit_workers(launcher: Any, n_jobs: int, detach: bool) -> list[Any]:
+    """One submission (a SLURM job array, so array_parallelism applies) of n_jobs worker jobs."""
+    executor = make_executor(launcher)
+    jobs = []
+    kind = launcher._EXECUTOR
+    with detached_output() if detach and kind == "local" else contextlib.nullcontext(), executor.batch():
+        for job in worker_jobs(n_jobs, kind):
+            jobs.append(executor.submit(job))
+    for k, job in enumerate(jobs, start=1):
+        log.info("worker %d: %s job %s (log: %s)", k, launcher._EXECUTOR, job.job_id, job.paths.stdout)
+    return jobs
+
+
+@contextlib.contextmanager
+def detached_output() -> Iterator[None]:
+    """Local job controllers inherit this process's stdout and stderr (their tasks write to log files):
+    holding them, a detached sweep piped into `tee` or captured by a script would not return."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def how_to_follow(jobs: list[Any], kind: str, study_name: str, url: str) -> list[str]:
+    """What a user who got the prompt back needs: where the logs are, how to watch, stop and resume."""
+    ids = " ".join(job.job_id for job in jobs)
+    lines = [f"submitted {len(jobs)} sweep worker jobs ({kind}): {ids}"]
+    lines += [f"  log of job {job.job_id}: {job.paths.stdout}" for job in jobs]
+    if kind == "slurm":
+        lines.append(f"  follow: squeue -j {','.join(j.job_id for j in jobs)}; tail -f <log>")
+        lines.append(f"  stop:   scancel {ids} (running trials are stored FAIL and queued again)")
+    else:
+        lines.append("  follow: tail -f <log>")
+    lines.append(f"  report: python -m sweeplab.report {study_name} --storage '{redact_text(url)}'")
+    lines.append("  resume: run the same command again; with hydra.sweeper.wait=true it waits and summarizes")
+    return lines
+
+
+def wait_for(jobs: list[Any], progress: Callable[[], str]) -> list[Any]:
+    """Block until every job has ended; log progress when it changes. Returns the jobs that failed."""
+    shown = None
+    while not all(job.done() for job in jobs):
+        line = progress()
+        if line != shown:
+            running = sum(not job.done() for job in jobs)
+            log.info("%s (%d of %d worker jobs running)", line, running, len(jobs))
+            shown = line
+        time.sleep(POLL_S)
+    failed = []
+    for job in jobs:
+        if (reason := failure(job)) is not None:
+            log.warning("worker job %s failed (%s); its log: %s", job.job_id, reason, job.paths.stdout)
+            failed.append(job)
+    return failed
+
+
+def failure(job: Any) -> str | None:
+    """The last line of a failed job's error (submitit keeps the whole traceback), None if it succeeded."""
+    try:
+        exc = job.exception()
+    except Exception as err:  # noqa: BLE001 - no result at all: killed before it could write one
+        exc = err
+    if exc is None:
+        return None
+    parts = str(exc).split("-" * 22)  # submitit's FailedJobError: header, the job's traceback, paths
+    lines = [ln.strip() for ln in (parts[1] if len(parts) > 2 else str(exc)).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"{type(exc).__name__}, state {job.state}"
+
+
+def cancel(jobs: list[Any]) -> None:
+    """Ctrl-C or SIGTERM while waiting stops the sweep (as on one machine): cancel every worker job."""
+    for job in jobs:
+        if not job.done():
+            job.cancel(check=False)
