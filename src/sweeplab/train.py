@@ -337,6 +337,11 @@ def run(cfg: DictConfig) -> float:
         # An experiment that carries a sweep, run once: how a sweep's best command reproduces a trial.
         log.warning("this experiment defines a sweep; running one trial's config (add --multirun to sweep)")
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if "TORCHELASTIC_RUN_ID" in os.environ and not any(
+        o.startswith("run_name=") for o in hydra_cfg.overrides.task
+    ):
+        # Each rank composes its own config: a timestamp run_name could differ by a second between them.
+        raise ConfigError("under torchrun, give run_name=NAME so that every rank uses one run dir")
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_model(rc)
