@@ -274,6 +274,8 @@ class TrainerConfig(Schema):
 
 
 DEEPSPEED_PIN = "deepspeed==0.19.8"
+# Lightning runs FSDP and DeepSpeed on CUDA only; DDP also runs on CPU processes (gloo).
+GPU_ONLY_STRATEGIES = ("fsdp", "deepspeed_stage_2", "deepspeed_stage_2_offload")
 
 
 def strategy_problems(trainer: TrainerConfig) -> list[str]:
@@ -288,10 +290,7 @@ def strategy_problems(trainer: TrainerConfig) -> list[str]:
             f"trainer.num_nodes={trainer.num_nodes}: set trainer.strategy=ddp (or fsdp, deepspeed_stage_2, "
             "deepspeed_stage_2_offload) to train one trial on several devices"
         )
-    if (
-        strategy in ("fsdp", "deepspeed_stage_2", "deepspeed_stage_2_offload")
-        and trainer.accelerator == "cpu"
-    ):
+    if strategy in GPU_ONLY_STRATEGIES and trainer.accelerator == "cpu":
         problems.append(
             f"trainer.strategy={strategy} needs CUDA GPUs (bitsandbytes' 4-bit layers and the strategy); "
             "with trainer.accelerator=cpu use trainer.strategy=ddp"

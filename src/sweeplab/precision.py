@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sweeplab.config import TrainerConfig
+from sweeplab.config import GPU_ONLY_STRATEGIES, TrainerConfig
 from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def resolve_placement(trainer: TrainerConfig) -> Placement:
         log.warning(
             "trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true", precision
         )
-    check_device_count(trainer, on_gpu)
+    check_devices(trainer, on_gpu)
     placement = Placement(
         device=f"cuda:{local_rank()}" if on_gpu else "cpu",
         accelerator="gpu" if on_gpu else "cpu",
@@ -66,8 +66,13 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def check_device_count(trainer: TrainerConfig, on_gpu: bool) -> None:
-    """More processes per node than GPUs would put two ranks on one device, or crash in NCCL."""
+def check_devices(trainer: TrainerConfig, on_gpu: bool) -> None:
+    """A GPU strategy without a GPU, or more processes per node than GPUs (two ranks on one device)."""
+    if not on_gpu and trainer.strategy in GPU_ONLY_STRATEGIES:
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy} needs CUDA GPUs and none is visible; "
+            "use trainer.strategy=ddp (it runs CPU processes too)"
+        )
     if not on_gpu or trainer.devices == "auto":
         return
     visible = torch.cuda.device_count()
