@@ -126,6 +126,15 @@ def broadcast_from_rank_zero(trainer: Any, value: Any) -> Any:
     return trainer.strategy.broadcast(value, src=0) if trainer.world_size > 1 else value
 
 
+def gathered_state(trainer: Any) -> dict[str, torch.Tensor] | None:
+    """FSDP holds shards: every rank joins the gather (a collective) and rank 0 gets the full weights,
+    keyed like the peft model's own state dict. None under the other strategies: each rank has them."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    state = trainer.strategy.lightning_module_state_dict()  # the LightningModule's: "model." + peft keys
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
 def lora_digest(model: torch.nn.Module) -> str:
     """sha256 of the trainable weights: equal on every rank if the ranks trained one model."""
     digest = hashlib.sha256()

@@ -91,6 +91,7 @@ def fit(
     from sweeplab.distributed import (
         broadcast_from_rank_zero,
         build_strategy,
+        gathered_state,
         lora_digest,
         quant_storage,
     )
@@ -195,11 +196,12 @@ def fit(
     objective = broadcast_from_rank_zero(trainer, float(best[metric]))
     module.load_best()  # the adapter and the objective are the best validation's weights
     lora_sha256 = lora_digest(module.model)
-    if trainer.world_size > 1:  # equal on every rank if the ranks trained one model
+    if trainer.world_size > 1:  # equal on every rank if the ranks trained one model (FSDP: its shard)
         log.info("rank %d of %d: LoRA sha256 %s", trainer.global_rank, trainer.world_size, lora_sha256)
+    adapter_state = gathered_state(trainer)
     if not trainer.is_global_zero:
         return objective  # rank 0 writes the adapter and metrics, and tells Optuna
-    save_adapter(module.model, tokenizer, run_dir / "adapter")
+    save_adapter(module.model, tokenizer, run_dir / "adapter", adapter_state)
     if module.predictions:  # the last generating validation's answers, for reading the failures
         from sweeplab.eval.splits import write_jsonl
 
