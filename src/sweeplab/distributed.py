@@ -118,7 +118,11 @@ def build_strategy(trainer: TrainerConfig, model: torch.nn.Module) -> Strategy |
     offload = name == "deepspeed_stage_2_offload"
     # ZeRO-2: optimizer states and gradients sharded; the frozen 4-bit base is never partitioned
     # (stage 3 would shard it, which 4-bit weights do not allow). Offload: optimizer states on the CPU.
-    return TrialDeepSpeed(stage=2, offload_optimizer=offload)
+    strategy = TrialDeepSpeed(stage=2, offload_optimizer=offload)
+    # sweeplab's optimizer (optim.name) steps on the CPU copy; DeepSpeed would otherwise insist on its
+    # own DeepSpeedCPUAdam for offloading.
+    strategy.config["zero_force_ds_cpu_optimizer"] = False
+    return strategy
 
 
 def broadcast_from_rank_zero(trainer: Any, value: Any) -> Any:
