@@ -140,7 +140,8 @@ def test_ddp_run_trains_one_model_on_two_ranks_and_writes_once(tmp_path: Path) -
     run_dir = tmp_path / "runs" / "ddp"
     digests = rank_digests(run_dir)
     assert set(digests) == {0, 1} and digests[0] == digests[1]  # DDP kept the ranks in step
-    assert (run_dir / "rank_1.log").is_file()  # rank 1 ran in rank 0's run dir
+    rank_1 = (run_dir / "rank_1.log").read_text()  # rank 1 ran in rank 0's run dir
+    assert "outputs in" not in rank_1 and "outputs in" in (run_dir / "train.log").read_text()  # rank 0 wrote
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["strategy"], metrics["world_size"], metrics["steps"]) == ("ddp", 2, 8)
     assert metrics["lora_sha256"] == digests[0]  # the adapter written is the weights both ranks hold
