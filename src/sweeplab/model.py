@@ -55,7 +55,11 @@ def disable_cpu_repack(model: torch.nn.Module) -> int:
 
 
 def load_quantized(
-    name_or_path: str, cfg: ModelConfig, compute_dtype: torch.dtype, device: str = "cpu"
+    name_or_path: str,
+    cfg: ModelConfig,
+    compute_dtype: torch.dtype,
+    device: str = "cpu",
+    quant_storage: torch.dtype = torch.uint8,
 ) -> torch.nn.Module:
     """from_pretrained with NF4 + double quantization, exactly as for a hub model."""
     quant = None
@@ -65,6 +69,7 @@ def load_quantized(
             bnb_4bit_quant_type=cfg.quant.quant_type,
             bnb_4bit_use_double_quant=cfg.quant.double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_quant_storage=quant_storage,  # packed NF4 bytes seen as this dtype (FSDP needs it)
         )
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
@@ -146,9 +151,14 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
 
 
 def build_model(
-    name_or_path: str, cfg: ModelConfig, lora: LoraConfig, compute_dtype: torch.dtype, device: str = "cpu"
+    name_or_path: str,
+    cfg: ModelConfig,
+    lora: LoraConfig,
+    compute_dtype: torch.dtype,
+    device: str = "cpu",
+    quant_storage: torch.dtype = torch.uint8,
 ) -> PeftModel:
-    model = load_quantized(name_or_path, cfg, compute_dtype, device)
+    model = load_quantized(name_or_path, cfg, compute_dtype, device, quant_storage)
     peft_model = wrap_lora(model, lora, cfg.gradient_checkpointing)
     trainable, total = count_parameters(peft_model)
     log.info(
@@ -164,9 +174,10 @@ def build_model(
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total); 4-bit weights count as stored elements x 2 (two NF4 values per byte)."""
+    """(trainable, total); 4-bit weights count as stored bytes x 2 (two NF4 values per byte)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = 0
     for p in model.parameters():
-        total += p.numel() * 2 if p.dtype == torch.uint8 else p.numel()
+        packed = getattr(p, "quant_state", None) is not None or p.dtype == torch.uint8
+        total += p.numel() * 2 * p.element_size() if packed else p.numel()
     return trainable, total

@@ -52,11 +52,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
-    """peft adapter (+ tokenizer, so clients get the chat template) into a temp dir, then renamed."""
+def save_adapter(model: Any, tokenizer: Any, dest: Path, state_dict: dict | None = None) -> None:
+    """peft adapter (+ tokenizer, so clients get the chat template) into a temp dir, then renamed.
+    state_dict: the model's weights gathered from FSDP shards (None: the model's own)."""
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
         _fsync_tree(tmp)
         # A directory cannot be os.replace'd over a full one: move the old one aside first, so a

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
 
-from sweeplab.config import TrainerConfig
+from sweeplab.config import GPU_ONLY_STRATEGIES, TrainerConfig
 from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ COMPUTE_DTYPES = {"32-true": torch.float32, "16-mixed": torch.float16, "bf16-mix
 
 @dataclass(frozen=True)
 class Placement:
-    device: str  # "cpu" or "cuda:0"
+    device: str  # "cpu" or "cuda:<local rank>": each process of a multi-device trial has its own GPU
     accelerator: str  # Lightning's name: "cpu" or "gpu"
     precision: str  # Lightning precision flag
     compute_dtype: torch.dtype  # bitsandbytes 4-bit matmul dtype
@@ -43,8 +44,9 @@ def resolve_placement(trainer: TrainerConfig) -> Placement:
         log.warning(
             "trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true", precision
         )
+    check_devices(trainer, on_gpu)
     placement = Placement(
-        device="cuda:0" if on_gpu else "cpu",
+        device=f"cuda:{local_rank()}" if on_gpu else "cpu",
         accelerator="gpu" if on_gpu else "cpu",
         precision=precision,
         compute_dtype=COMPUTE_DTYPES[precision] if on_gpu or precision != "16-mixed" else torch.bfloat16,
@@ -57,3 +59,25 @@ def resolve_placement(trainer: TrainerConfig) -> Placement:
         trainer.precision,
     )
     return placement
+
+
+def local_rank() -> int:
+    """This process's index on its node: set by torchrun and by Lightning's launcher (0 in the first)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def check_devices(trainer: TrainerConfig, on_gpu: bool) -> None:
+    """A GPU strategy without a GPU, or more processes per node than GPUs (two ranks on one device)."""
+    if not on_gpu and trainer.strategy in GPU_ONLY_STRATEGIES:
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy} needs CUDA GPUs and none is visible; "
+            "use trainer.strategy=ddp (it runs CPU processes too)"
+        )
+    if not on_gpu or trainer.devices == "auto":
+        return
+    visible = torch.cuda.device_count()
+    if trainer.devices > visible:
+        raise ConfigError(
+            f"trainer.devices={trainer.devices} but this node has {visible} visible GPU(s): "
+            f"use trainer.devices<={visible} (or trainer.devices=auto)"
+        )

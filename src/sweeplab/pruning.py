@@ -24,8 +24,8 @@ class PruningCallback(L.Callback):
     order, at the next validation that reaches the storage; no pruning decision is taken meanwhile.
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str = "val/loss") -> None:
-        self.trial = trial
+    def __init__(self, trial: optuna.Trial | None, monitor: str = "val/loss") -> None:
+        self.trial = trial  # None on ranks > 0 of a multi-device trial: they follow rank 0's decision
         self.monitor = monitor
         self.pruned_at: int | None = None
         self.pending: dict[int, float] = {}  # step -> value, not yet stored
@@ -33,9 +33,18 @@ class PruningCallback(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_step == 0:
             return
+        prune = self._judge(trainer) if self.trial is not None else False
+        if trainer.world_size > 1:  # every rank stops at the same step, or the others wait forever
+            prune = trainer.strategy.broadcast(prune, src=0)
+        if prune:
+            self.pruned_at = trainer.global_step
+            trainer.should_stop = True
+
+    def _judge(self, trainer: L.Trainer) -> bool:
+        """Report this validation (rank 0 only) and ask the pruner; True: stop the trial."""
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
-            return
+            return False
         step = trainer.global_step
         self.pending[step] = float(value)
         # The final validation (trainer.validate, after fit) and the one at max_steps may be the
@@ -46,18 +55,17 @@ class PruningCallback(L.Callback):
             with contextlib.nullcontext() if final else no_wait():  # the last report may wait
                 self._flush()
                 if final or not self.trial.should_prune():
-                    return
+                    return False
         except StorageDown:
             log.info("trial %d: report at step %d kept until the storage is back", self.trial.number, step)
-            return
+            return False
         except StorageUnreachable as exc:
             if final:
                 raise
             give_up(exc)  # GracefulStop saves last.ckpt at the next step and stops
-            return
-        self.pruned_at = step
-        trainer.should_stop = True
+            return False
         log.info("trial %d pruned at step %d (%s %.4f)", self.trial.number, step, self.monitor, value)
+        return True
 
     def _flush(self) -> None:
         # A retried trial inherits its predecessor's values; Optuna ignores a second report and warns.

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config import RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
+from sweeplab.ranks import is_rank_zero, trial_ranks
 from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -77,13 +78,23 @@ def preflight_data(rc: RunConfig) -> None:
             reader(Path(path))
 
 
-def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: Any = None) -> float:
+def fit(
+    rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: Any = None, follower: bool = False
+) -> float:
+    """follower: a rank > 0 of a sweep's multi-device trial; it prunes when rank 0 (holding `trial`) does."""
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
     from sweeplab.data.packing import PackCollator, pack_examples
+    from sweeplab.distributed import (
+        broadcast_from_rank_zero,
+        build_strategy,
+        gathered_state,
+        lora_digest,
+        quant_storage,
+    )
     from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
     from sweeplab.interrupt import GracefulStop
     from sweeplab.loggers import build_logger
@@ -102,7 +113,9 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     tokenizer = load_tokenizer(model_dir, rc.model.trust_remote_code)
     train_set, val_set, stats = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
     val_eval, test_eval = build_evaluators(rc, tokenizer)
-    model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device)
+    model = build_model(
+        model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device, quant_storage(rc.trainer)
+    )
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
 
     collate = PadCollator(tokenizer.pad_token_id)
@@ -138,10 +151,11 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     # Only the class each entry names: a nested _target_ inside its arguments would be refused.
     extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
     pruning = []
-    if trial is not None:
+    if trial is not None or follower:
         from sweeplab.pruning import PruningCallback
 
         pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
+    if trial is not None:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("pruner", type(trial.study.pruner).__name__)  # the one that judged this trial
         # Earlier trials in this process must have let go of their models (a failed one's traceback
@@ -150,12 +164,18 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
         if placement.device != "cpu":
             trial.set_user_attr("cuda_mem_at_start_mb", torch.cuda.memory_allocated() / 2**20)
     extra = [*extra, DataPosition(sampler, rc.data.batch_size), *pruning]
-    trainer = build_trainer(rc, placement, build_logger(rc.logger, run_dir, resolved), run_dir, extra)
+    logger = build_logger(rc.logger, run_dir, resolved)
+    trainer = build_trainer(rc, placement, logger, run_dir, extra, build_strategy(rc.trainer, model))
     with translate_faults(rc, trainer):
         if rc.trainer.val_at_start and ckpt is None:
             trainer.validate(module, val_loader, verbose=False)
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
     if pruning and pruning[0].pruned_at is not None:
+        if trial is None:  # a rank > 0: rank 0 tells Optuna
+            log.info(
+                "rank %d stops with rank 0: pruned at step %d", trainer.global_rank, pruning[0].pruned_at
+            )
+            return float("nan")
         import optuna
 
         trial.set_user_attr("steps", trainer.global_step)
@@ -172,8 +192,16 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     for entry in trained[1:]:
         best = entry if module.better(entry, best) else best
     final = module.val_history[-1]
+    metric = rc.objective.metric
+    objective = broadcast_from_rank_zero(trainer, float(best[metric]))
     module.load_best()  # the adapter and the objective are the best validation's weights
-    save_adapter(module.model, tokenizer, run_dir / "adapter")
+    lora_sha256 = lora_digest(module.model)
+    if trainer.world_size > 1:  # equal on every rank if the ranks trained one model (FSDP: its shard)
+        log.info("rank %d of %d: LoRA sha256 %s", trainer.global_rank, trainer.world_size, lora_sha256)
+    adapter_state = gathered_state(trainer)
+    if not trainer.is_global_zero:
+        return objective  # rank 0 writes the adapter and metrics, and tells Optuna
+    save_adapter(module.model, tokenizer, run_dir / "adapter", adapter_state)
     if module.predictions:  # the last generating validation's answers, for reading the failures
         from sweeplab.eval.splits import write_jsonl
 
@@ -204,7 +232,6 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     trainable, total = count_parameters(module.model)
     base_val = [h for h in module.val_history if h["step"] == 0]
     peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if placement.device != "cpu" else _peak_rss_mb()
-    metric = rc.objective.metric
     metrics = {
         "objective": {"metric": metric, "direction": rc.objective.resolved_direction, "value": best[metric]},
         "best": best,  # the validation whose weights are the adapter
@@ -227,6 +254,9 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
         "lora_scaling": rc.lora.scaling,
         "precision": placement.precision,
         "device": placement.device,
+        "strategy": rc.trainer.strategy,
+        "world_size": trainer.world_size,  # processes; tokens_per_s is rank 0's share
+        "lora_sha256": lora_sha256,
         "base_model": model_dir,
         "wall_s": time.perf_counter() - started,
         "eval_s": sum(e.seconds for e in (val_eval, test_eval) if e is not None),  # decoding, not training
@@ -241,7 +271,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     log.info(
         "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
     )
-    return float(best[metric])
+    return objective
 
 
 @contextlib.contextmanager
@@ -302,12 +332,18 @@ def run(cfg: DictConfig) -> float:
     sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv in every run's metadata
     rc = validate(cfg)
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.RUN and hydra_cfg.runtime.choices.get("hparams_search"):
+    rank_zero = is_rank_zero()  # a rank > 0 runs the job rank 0 started, and writes nothing of its own
+    if rank_zero and hydra_cfg.mode == RunMode.RUN and hydra_cfg.runtime.choices.get("hparams_search"):
         if any(o.startswith("hparams_search=") for o in hydra_cfg.overrides.task):
             raise ConfigError("hparams_search is set, but this is a single run: add --multirun to sweep")
         # An experiment that carries a sweep, run once: how a sweep's best command reproduces a trial.
         log.warning("this experiment defines a sweep; running one trial's config (add --multirun to sweep)")
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if "TORCHELASTIC_RUN_ID" in os.environ and not any(
+        o.startswith("run_name=") for o in hydra_cfg.overrides.task
+    ):
+        # Each rank composes its own config: a timestamp run_name could differ by a second between them.
+        raise ConfigError("under torchrun, give run_name=NAME so that every rank uses one run dir")
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_model(rc)
@@ -318,16 +354,19 @@ def run(cfg: DictConfig) -> float:
 
         check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))  # also what W&B logs
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-    redact_hydra_files(run_dir, hydra_cfg)
+    if rank_zero:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        redact_hydra_files(run_dir, hydra_cfg)
     trial = None
-    if os.environ.get("SWEEPLAB_TRIAL_ID"):  # only inside a sweeplab sweep: optuna stays unimported
+    in_sweep = bool(os.environ.get("SWEEPLAB_TRIAL_ID"))
+    if in_sweep and rank_zero:  # only inside a sweeplab sweep: optuna stays unimported
         from sweeplab.trial import trial_from_env
 
         trial = trial_from_env(HydraConfig.get().sweeper, rc.trainer.max_steps)
     failed = True
     try:
-        objective = fit(rc, run_dir, resolved, ckpt, trial)
+        with trial_ranks():  # a multi-device trial's other ranks end with it
+            objective = fit(rc, run_dir, resolved, ckpt, trial, follower=in_sweep and not rank_zero)
         failed = False
         return objective
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import Strategy
 
 from sweeplab.config import RunConfig
 from sweeplab.precision import Placement
@@ -76,7 +77,12 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
 
 
 def build_trainer(
-    rc: RunConfig, placement: Placement, logger: Logger | bool, run_dir: Path, extra: list[Callback] = ()
+    rc: RunConfig,
+    placement: Placement,
+    logger: Logger | bool,
+    run_dir: Path,
+    extra: list[Callback] = (),
+    strategy: Strategy | str = "auto",
 ) -> L.Trainer:
     # Hydra's root handler already prints Lightning's messages; its own handlers would double them.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -89,6 +95,8 @@ def build_trainer(
     return L.Trainer(
         accelerator=placement.accelerator,
         devices=rc.trainer.devices,
+        num_nodes=rc.trainer.num_nodes,
+        strategy=strategy,  # sweeplab.distributed.build_strategy
         precision=placement.precision,
         max_steps=rc.trainer.max_steps,
         max_epochs=-1,  # max_steps decides; small datasets simply take several epochs

@@ -42,6 +42,17 @@ def fail(what: str, problems: list[str]) -> None:
     sys.exit(2)
 
 
+def rank_problems() -> list[str]:
+    """Under torchrun every rank would run its own sweeper and claim its own trials."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return []
+    return [
+        f"this sweep runs in {os.environ['WORLD_SIZE']} processes started by torchrun/srun (WORLD_SIZE); "
+        "start the sweep once and let each trial start its ranks: trainer.strategy=ddp trainer.devices=N "
+        "(torchrun runs a single trial: drop --multirun)"
+    ]
+
+
 def option_problems(options: dict[str, Any]) -> list[str]:
     """Keys upstream accepts and then trips over later (a zero-trial study, an Optuna ValueError)."""
     problems = []

@@ -594,6 +594,7 @@ class SweeplabSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.impl  # everything checked before a storage, study or trial exists
+        checks.fail("cannot sweep here", checks.rank_problems())
         space = checks.space_problems(impl.params, arguments, impl.config)
         space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
