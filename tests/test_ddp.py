@@ -40,6 +40,46 @@ def ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+# --- inside a SLURM worker job ------------------------------------------------------------------
+
+SLURM_ONE_TASK = {
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_JOB_NAME": "sweeplab-worker",
+    "SLURM_JOB_ID": "81234",
+    "SLURM_NODELIST": "node1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+}
+
+
+@pytest.mark.parametrize("worker", [True, False])
+def test_a_sweep_worker_job_starts_its_trial_ranks_itself_under_slurm(worker: bool, monkeypatch) -> None:
+    """A worker job is one SLURM task: Lightning alone would expect srun to have started one per device."""
+    import lightning as L
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    from sweeplab.distributed import build_strategy
+    from sweeplab.trial import WORKER_ENV
+
+    for key, value in SLURM_ONE_TASK.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(WORKER_ENV, raising=False)
+    if worker:
+        monkeypatch.setenv(WORKER_ENV, "1")
+    trainer_cfg = TrainerConfig(strategy="ddp", accelerator="cpu", devices=2)
+    strategy = build_strategy(trainer_cfg, torch.nn.Linear(2, 2))
+    trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=2, logger=False)
+    env = trainer.strategy.cluster_environment
+    if worker:
+        assert isinstance(env, LightningEnvironment)
+        env.validate_settings(num_devices=2, num_nodes=1)  # what the launcher checks first
+    else:  # a plain run in a one-task allocation: Lightning's own message (at launch) says to use srun
+        with pytest.raises(ValueError, match="ntasks-per-node=1"):
+            env.validate_settings(num_devices=2, num_nodes=1)
+
+
 # --- config ------------------------------------------------------------------------------------
 
 

@@ -19,12 +19,14 @@ import subprocess
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from sweeplab.config import TrainerConfig
 from sweeplab.ranks import LAUNCHED, child_command
+from sweeplab.trial import WORKER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +104,32 @@ class TrialDeepSpeed(_TrialLaunch, DeepSpeedStrategy):
     pass
 
 
+def cluster_environment() -> LightningEnvironment | None:
+    """A sweep worker starts its trial's ranks itself. Inside a SLURM worker job (one task) Lightning
+    would detect SLURM and expect srun to have started one task per device; None: Lightning detects."""
+    return LightningEnvironment() if os.environ.get(WORKER_ENV) else None
+
+
 def build_strategy(trainer: TrainerConfig, model: torch.nn.Module) -> Strategy | str:
     """trainer.strategy as a Lightning strategy; DDP picks gloo on CPU and NCCL on GPUs itself."""
     name = trainer.strategy
     if name == "auto":
         return "auto"
+    env = cluster_environment()
     if name == "ddp":
-        return TrialDDP()
+        return TrialDDP(cluster_environment=env)
     if name == "fsdp":
         from peft.utils.other import fsdp_auto_wrap_policy
 
         # Decoder layers and LoRA layers in units of their own; frozen 4-bit and trainable LoRA
         # weights share a unit only as original parameters. 4-bit storage: sweeplab.model.quant_storage.
-        return TrialFSDP(auto_wrap_policy=fsdp_auto_wrap_policy(model), use_orig_params=True)
+        return TrialFSDP(
+            auto_wrap_policy=fsdp_auto_wrap_policy(model), use_orig_params=True, cluster_environment=env
+        )
     offload = name == "deepspeed_stage_2_offload"
     # ZeRO-2: optimizer states and gradients sharded; the frozen 4-bit base is never partitioned
     # (stage 3 would shard it, which 4-bit weights do not allow). Offload: optimizer states on the CPU.
-    strategy = TrialDeepSpeed(stage=2, offload_optimizer=offload)
+    strategy = TrialDeepSpeed(stage=2, offload_optimizer=offload, cluster_environment=env)
     # sweeplab's optimizer (optim.name) steps on the CPU copy; DeepSpeed would otherwise insist on its
     # own DeepSpeedCPUAdam for offloading.
     strategy.config["zero_force_ds_cpu_optimizer"] = False

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 
 TRIAL_ENV = "SWEEPLAB_TRIAL_ID"
+WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in every sweep worker: it runs trials and spawns no workers
 PRUNERS = {
     "none": optuna.pruners.NopPruner,
     "median": optuna.pruners.MedianPruner,

@@ -23,10 +23,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.secrets import redact_text
+from sweeplab.trial import WORKER_ENV
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in every worker: it runs trials and spawns no workers
 SECRET_ARG_ENV = "SWEEPLAB_WORKER_ARG_{}"  # a command argument holding a secret, passed by environment
 POLL_S = 5.0  # how often the waiting command looks at its jobs and the study
 

@@ -32,7 +32,6 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks, cluster
-from hydra_plugins.sweeplab_sweeper.cluster import WORKER_ENV
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
 from hydra_plugins.sweeplab_sweeper.recovery import (
     RESUME_ATTR,
@@ -55,7 +54,7 @@ from sweeplab.errors import (
 from sweeplab.outputs import atomic_write_text
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
-from sweeplab.trial import TRIAL_ENV, build_pruner
+from sweeplab.trial import TRIAL_ENV, WORKER_ENV, build_pruner
 
 log = logging.getLogger(__name__)
 # Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
