@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab import reuse
 from sweeplab.config import RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
@@ -83,6 +84,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.data.datasets import cache_key
     from sweeplab.data.packing import PackCollator, pack_examples
     from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
     from sweeplab.interrupt import GracefulStop
@@ -98,11 +100,16 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     L.seed_everything(rc.seed, workers=True, verbose=False)
     placement = resolve_placement(rc.trainer)
 
+    keep = reuse.enabled(trial is not None)  # a sweep worker's next trial may share them
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
-    tokenizer = load_tokenizer(model_dir, rc.model.trust_remote_code)
-    train_set, val_set, stats = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
+    trust = rc.model.trust_remote_code
+    tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
+    cache_dir = Path(rc.paths.cache_dir)
+    train_set, val_set, stats = reuse.held(
+        "data", cache_key(rc.data, tokenizer), lambda: build_datasets(rc.data, tokenizer, cache_dir), keep
+    )
     val_eval, test_eval = build_evaluators(rc, tokenizer)
-    model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device)
+    model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device, keep)
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
 
     collate = PadCollator(tokenizer.pad_token_id)
@@ -139,10 +146,12 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
     pruning = []
     if trial is not None:
-        from sweeplab.pruning import PruningCallback
+        from sweeplab.pruning import PruningCallback, StartupClock
 
-        pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
+        clock = StartupClock(trial.datetime_start.timestamp())
+        pruning = [PruningCallback(trial, monitor=rc.objective.metric), clock]
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("base_reused", reuse.reused.get("base", False))
         trial.set_user_attr("pruner", type(trial.study.pruner).__name__)  # the one that judged this trial
         # Earlier trials in this process must have let go of their models (a failed one's traceback
         # holds its frames): the sweeper collects them after each trial; this records that it worked.
@@ -160,6 +169,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
 
         trial.set_user_attr("steps", trainer.global_step)
         trial.set_user_attr("wall_s", time.perf_counter() - started)
+        trial.set_user_attr("startup_s", clock.seconds)
         raise optuna.TrialPruned(f"pruned at step {pruning[0].pruned_at}")
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
         # Every run ends with final val metrics; PruningCallback reports them to the trial too.
@@ -237,6 +247,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     if trial is not None:
         for key in ("steps", "best_step", "wall_s", "eval_s", "tokens_per_s", "base_val_loss", *test):
             trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("startup_s", clock.seconds)  # trial start to its first optimizer step
     start = f"{base_val[0][metric]:.4f}" if base_val and metric in base_val[0] else "n/a"
     log.info(
         "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
@@ -332,6 +343,9 @@ def run(cfg: DictConfig) -> float:
         return objective
     finally:
         finish_wandb_run(failed)
+        # A pruned trial stopped cleanly at a validation; any other failure may have left its base
+        # half-wrapped (an OOM mid-step), so the next trial loads a fresh one.
+        reuse.end_trial(clean=not failed or type(sys.exc_info()[1]).__name__ == "TrialPruned")
 
 
 def finish_wandb_run(failed: bool) -> None:
