@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     placement = resolve_placement(rc.trainer)
 
     keep = reuse.enabled(trial is not None)  # a sweep worker's next trial may share them
+    if keep:
+        reuse.freeze_imports()
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     trust = rc.model.trust_remote_code
     tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
@@ -111,6 +114,7 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     val_eval, test_eval = build_evaluators(rc, tokenizer)
     model = build_model(model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device, keep)
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
+    _MODULES.add(module)
 
     collate = PadCollator(tokenizer.pad_token_id)
     train_rows, train_collate, lengths = train_set, collate, None
@@ -279,17 +283,14 @@ def translate_faults(rc: RunConfig, trainer: Any) -> Iterator[None]:
 
 
 def _models_alive(current: Any) -> int:
-    """QLoRAModules in this process other than the current one."""
+    """QLoRAModules of earlier fits in this process that are still alive (after a collection)."""
     import gc
-    import warnings
-
-    from sweeplab.module import QLoRAModule
 
     gc.collect()
-    with warnings.catch_warnings():  # isinstance on some lazy module proxies warns of deprecations
-        warnings.simplefilter("ignore")
-        alive = [o for o in gc.get_objects() if isinstance(o, QLoRAModule) and o is not current]
-    return len(alive)
+    return sum(1 for m in list(_MODULES) if m is not current)
+
+
+_MODULES: weakref.WeakSet = weakref.WeakSet()  # every QLoRAModule fit built; a WeakSet keeps none alive
 
 
 def _peak_rss_mb() -> float:
