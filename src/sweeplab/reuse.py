@@ -28,19 +28,6 @@ def enabled(in_sweep: bool) -> bool:
     return in_sweep and os.environ.get(OFF_ENV, "1") != "0"
 
 
-def freeze_imports() -> None:
-    """Take what lives as long as the process (modules, classes: millions of objects once torch and
-    transformers are in) out of every later gc.collect: each took ~0.75 s, twice per trial."""
-    global _frozen
-    if not _frozen:
-        gc.collect()  # garbage is not frozen with them
-        gc.freeze()
-        _frozen = True
-
-
-_frozen = False
-
-
 def held(kind: str, key: Hashable, build: Callable[[], T], keep: bool) -> T:
     """The object of this kind built for `key`: from memory when the last one was built for it."""
     entry = _held.get(kind)

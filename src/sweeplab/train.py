@@ -102,8 +102,6 @@ def fit(rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: A
     placement = resolve_placement(rc.trainer)
 
     keep = reuse.enabled(trial is not None)  # a sweep worker's next trial may share them
-    if keep:
-        reuse.freeze_imports()
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     trust = rc.model.trust_remote_code
     tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
@@ -283,10 +281,10 @@ def translate_faults(rc: RunConfig, trainer: Any) -> Iterator[None]:
 
 
 def _models_alive(current: Any) -> int:
-    """QLoRAModules of earlier fits in this process that are still alive (after a collection)."""
-    import gc
+    """QLoRAModules of earlier fits in this process still alive after the sweeper's collection.
 
-    gc.collect()
+    No gc.collect of its own: a full collection took ~0.75 s per trial start, and the sweeper has
+    just run one (release_memory); this records whether that one freed them."""
     return sum(1 for m in list(_MODULES) if m is not current)
 
 
