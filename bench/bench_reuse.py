@@ -86,7 +86,7 @@ def row(mode: str, trials: list[optuna.trial.FrozenTrial], starts: list[float]) 
 def table(rows: list[dict], trials: int, steps: int, before: str) -> str:
     lines = [
         START,
-        "## Per-trial overhead: reload vs reuse (bench/bench_reuse.py)",
+        "## Per-trial overhead: before vs after keeping the base (bench/bench_reuse.py)",
         "",
         f"`hparams_search=qlora` on `model=base` ({trials} trials x {steps} steps, one worker, pruner none, "
         f"no W&B, no decoding), `{before}` and this tree in one run on the same sampler seed. startup = "
