@@ -230,3 +230,5 @@ def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Pa
     assert loader["fail_kind"] == "data" and "DataLoader worker" in loader["fail_reason"]
     # Each trial ran in the same process as the failed ones before it, with their models collected.
     assert [t["models_alive_at_start"] for t in (oom, loader, healthy)] == [0, 0, 0]
+    # A failed trial drops the base the worker held: each trial after a failure loads its own.
+    assert [t["base_reused"] for t in (oom, loader, healthy)] == [False, False, False]

@@ -11,6 +11,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
+from sweeplab import reuse
 from sweeplab.config import TARGET_SETS, LoraConfig, ModelConfig
 from sweeplab.errors import ConfigError
 
@@ -150,6 +151,31 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
     return peft_model
 
 
+def unwrap_lora(peft_model: PeftModel) -> torch.nn.Module:
+    """The base as from_pretrained left it: no LoRA layers, checkpointing or input-grad hooks, eval mode.
+
+    What stays: prepare_model_for_kbit_training's frozen parameters and fp32 casts, which it applies
+    again, as no-ops, to the next trial's wrap."""
+    base = peft_model.unload()
+    base.activation_checkpointing_disable()
+    base.disable_input_require_grads()  # the next enable would otherwise leave these hooks behind
+    return base.eval()
+
+
+def base_key(
+    name_or_path: str, cfg: ModelConfig, compute_dtype: torch.dtype, device: str, quant_storage: torch.dtype
+) -> tuple:
+    """Everything load_quantized reads: a trial whose key differs loads its own base."""
+    return (
+        name_or_path,
+        repr(cfg.quant.model_dump()),
+        str(compute_dtype),
+        device,
+        str(quant_storage),
+        cfg.trust_remote_code,
+    )
+
+
 def build_model(
     name_or_path: str,
     cfg: ModelConfig,
@@ -157,9 +183,19 @@ def build_model(
     compute_dtype: torch.dtype,
     device: str = "cpu",
     quant_storage: torch.dtype = torch.uint8,
+    keep: bool = False,
 ) -> PeftModel:
-    model = load_quantized(name_or_path, cfg, compute_dtype, device, quant_storage)
+    """keep: hold the loaded base for the next trial of this process and give it back adapter-free."""
+    model = reuse.held(
+        "base",
+        base_key(name_or_path, cfg, compute_dtype, device, quant_storage),
+        lambda: load_quantized(name_or_path, cfg, compute_dtype, device, quant_storage),
+        keep,
+    )
+    # After the seed (set first in fit): LoRA A's init draws from torch's RNG, as in a run alone.
     peft_model = wrap_lora(model, lora, cfg.gradient_checkpointing)
+    if keep:
+        reuse.after_trial(lambda: unwrap_lora(peft_model))
     trainable, total = count_parameters(peft_model)
     log.info(
         "LoRA r=%d alpha=%g%s on %s: %s trainable of %s parameters",

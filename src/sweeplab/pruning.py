@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 
 import lightning as L
 import optuna
@@ -74,3 +75,16 @@ class PruningCallback(L.Callback):
             if step not in stored:
                 self.trial.report(self.pending[step], step=step)
             del self.pending[step]
+
+
+class StartupClock(L.Callback):
+    """Seconds from the trial's start (Optuna's datetime_start, before its job begins) to its first
+    optimizer step: the per-trial overhead that a sweep of short trials pays again and again."""
+
+    def __init__(self, trial_start: float) -> None:
+        self.trial_start = trial_start  # time.time() seconds
+        self.seconds: float | None = None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if self.seconds is None:
+            self.seconds = time.time() - self.trial_start

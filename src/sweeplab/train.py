@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab import reuse
 from sweeplab.config import RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.ranks import is_rank_zero, trial_ranks
@@ -87,6 +89,7 @@ def fit(
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.data.datasets import cache_key
     from sweeplab.data.packing import PackCollator, pack_examples
     from sweeplab.distributed import (
         broadcast_from_rank_zero,
@@ -109,14 +112,26 @@ def fit(
     L.seed_everything(rc.seed, workers=True, verbose=False)
     placement = resolve_placement(rc.trainer)
 
+    keep = reuse.enabled(trial is not None)  # a sweep worker's next trial may share them
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
-    tokenizer = load_tokenizer(model_dir, rc.model.trust_remote_code)
-    train_set, val_set, stats = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
+    trust = rc.model.trust_remote_code
+    tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
+    cache_dir = Path(rc.paths.cache_dir)
+    train_set, val_set, stats = reuse.held(
+        "data", cache_key(rc.data, tokenizer), lambda: build_datasets(rc.data, tokenizer, cache_dir), keep
+    )
     val_eval, test_eval = build_evaluators(rc, tokenizer)
     model = build_model(
-        model_dir, rc.model, rc.lora, placement.compute_dtype, placement.device, quant_storage(rc.trainer)
+        model_dir,
+        rc.model,
+        rc.lora,
+        placement.compute_dtype,
+        placement.device,
+        quant_storage(rc.trainer),
+        keep,
     )
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
+    _MODULES.add(module)
 
     collate = PadCollator(tokenizer.pad_token_id)
     train_rows, train_collate, lengths = train_set, collate, None
@@ -156,7 +171,12 @@ def fit(
 
         pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
     if trial is not None:
+        from sweeplab.pruning import StartupClock
+
+        clock = StartupClock(trial.datetime_start.timestamp())
+        pruning.append(clock)
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("base_reused", reuse.reused.get("base", False))
         trial.set_user_attr("pruner", type(trial.study.pruner).__name__)  # the one that judged this trial
         # Earlier trials in this process must have let go of their models (a failed one's traceback
         # holds its frames): the sweeper collects them after each trial; this records that it worked.
@@ -180,6 +200,7 @@ def fit(
 
         trial.set_user_attr("steps", trainer.global_step)
         trial.set_user_attr("wall_s", time.perf_counter() - started)
+        trial.set_user_attr("startup_s", clock.seconds)
         raise optuna.TrialPruned(f"pruned at step {pruning[0].pruned_at}")
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
         # Every run ends with final val metrics; PruningCallback reports them to the trial too.
@@ -267,6 +288,7 @@ def fit(
     if trial is not None:
         for key in ("steps", "best_step", "wall_s", "eval_s", "tokens_per_s", "base_val_loss", *test):
             trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("startup_s", clock.seconds)  # trial start to its first optimizer step
     start = f"{base_val[0][metric]:.4f}" if base_val and metric in base_val[0] else "n/a"
     log.info(
         "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
@@ -298,17 +320,14 @@ def translate_faults(rc: RunConfig, trainer: Any) -> Iterator[None]:
 
 
 def _models_alive(current: Any) -> int:
-    """QLoRAModules in this process other than the current one."""
-    import gc
-    import warnings
+    """QLoRAModules of earlier fits in this process still alive after the sweeper's collection.
 
-    from sweeplab.module import QLoRAModule
+    No gc.collect of its own: a full collection took ~0.75 s per trial start, and the sweeper has
+    just run one (release_memory); this records whether that one freed them."""
+    return sum(1 for m in list(_MODULES) if m is not current)
 
-    gc.collect()
-    with warnings.catch_warnings():  # isinstance on some lazy module proxies warns of deprecations
-        warnings.simplefilter("ignore")
-        alive = [o for o in gc.get_objects() if isinstance(o, QLoRAModule) and o is not current]
-    return len(alive)
+
+_MODULES: weakref.WeakSet = weakref.WeakSet()  # every QLoRAModule fit built; a WeakSet keeps none alive
 
 
 def _peak_rss_mb() -> float:
@@ -371,6 +390,9 @@ def run(cfg: DictConfig) -> float:
         return objective
     finally:
         finish_wandb_run(failed)
+        # A pruned trial stopped cleanly at a validation; any other failure may have left its base
+        # half-wrapped (an OOM mid-step), so the next trial loads a fresh one.
+        reuse.end_trial(clean=not failed or type(sys.exc_info()[1]).__name__ == "TrialPruned")
 
 
 def finish_wandb_run(failed: bool) -> None:

@@ -1,0 +1,140 @@
+"""Per-trial overhead of a sweep worker: a git ref (before) against this tree (after), in one run.
+
+    .venv/bin/python bench/bench_reuse.py --out BENCHMARKS.md      # 6 trials x 30 steps on model=base
+    .venv/bin/python bench/bench_reuse.py --trials 3 --steps 10     # a quick look
+
+Both sweeps run the real entry point (`python -m sweeplab.train --multirun hparams_search=qlora`, one
+worker, no pruning) on the same sampler seed, so they run the same trials. "before" runs --before (a
+git ref, default main) from a temporary worktree; "after" runs this tree; "reload" (--reload) is this
+tree with SWEEPLAB_REUSE=0. The clock is the same for all: bench/first_step.py, added through
+`callbacks.extra`, writes the time of each trial's first optimizer step into its run dir.
+Overhead = (first step - Optuna's trial start) / (trial end - trial start), summed over the trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+
+from benchmarks_md import cpu_name, replace_section  # bench/ is sys.path[0] when run as a script
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench_reuse:start -->", "<!-- bench_reuse:end -->"
+# What bench_sweep.py runs on model=base: decoding-based scoring off, so wall time is training.
+COMMON = [
+    "model=base",
+    "model.gradient_checkpointing=false",
+    "data.batch_size=4",
+    "data.n_val=32",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "eval.n_generate=0",
+    "eval.test=false",
+    "hparams_search=qlora",
+    "hydra.sweeper.pruner=none",
+    "hydra.sweeper.study_name=reuse",
+]
+CLOCK = "+callbacks.extra=[{_target_: first_step.FirstStep}]"
+
+
+def run_sweep(
+    code: Path, root: Path, env: dict[str, str], trials: int, steps: int
+) -> tuple[list[optuna.trial.FrozenTrial], list[float]]:
+    """(trials, seconds from each trial's start to its first optimizer step) of one sweep of `code`."""
+    cmd = [
+        sys.executable, "-m", "sweeplab.train", "--multirun", *COMMON, CLOCK, f"paths.output_root={root}",
+        f"hydra.sweeper.n_trials={trials}", f"trainer.max_steps={steps}",
+        f"trainer.val_every_n_steps={max(1, steps // 3)}",
+    ]  # fmt: skip
+    path = os.pathsep.join([str(code / "src"), str(ROOT / "bench")])
+    done = subprocess.run(
+        cmd, cwd=code, env={**os.environ, **env, "PYTHONPATH": path}, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    storage = f"sqlite:///{root / 'sweeps' / 'optuna.db'}"
+    finished = optuna.load_study(study_name="reuse", storage=storage).trials
+    starts = [
+        float((root / "sweeps" / "reuse" / str(t.number) / "first_step.txt").read_text())
+        - t.datetime_start.timestamp()
+        for t in finished
+    ]
+    return finished, starts
+
+
+def row(mode: str, trials: list[optuna.trial.FrozenTrial], starts: list[float]) -> dict:
+    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+    return {
+        "mode": mode,
+        "trials": len(trials),
+        "reused": sum(bool(t.user_attrs.get("base_reused")) for t in trials),
+        "startup_first": starts[0],
+        "startup_later": statistics.median(starts[1:]) if len(starts) > 1 else float("nan"),
+        "wall_median": statistics.median(walls),
+        "overhead": sum(starts) / sum(walls),
+        "overhead_later": sum(starts[1:]) / sum(walls[1:]) if len(starts) > 1 else float("nan"),
+    }
+
+
+def table(rows: list[dict], trials: int, steps: int, before: str) -> str:
+    lines = [
+        START,
+        "## Per-trial overhead: before vs after keeping the base (bench/bench_reuse.py)",
+        "",
+        f"`hparams_search=qlora` on `model=base` ({trials} trials x {steps} steps, one worker, pruner none, "
+        f"no W&B, no decoding), `{before}` and this tree in one run on the same sampler seed. startup = "
+        "Optuna's trial start to the trial's first optimizer step (bench/first_step.py, the same clock for "
+        "both); overhead = sum of startups / sum of trial wall times. `SWEEPLAB_REUSE=0` loads base, "
+        f"tokenizer and data from disk in every trial. CPU: {cpu_name()}, {os.cpu_count()} cores shared "
+        f"with other jobs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; target <= 0.05.",
+        "",
+        "| mode | trials | base reused | startup trial 0 (s) | startup later (s, median) | trial wall (s, "
+        "median) | overhead | overhead, trials 1+ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['trials']} | {r['reused']} | {r['startup_first']:.2f} | "
+            f"{r['startup_later']:.2f} | {r['wall_median']:.1f} | {r['overhead']:.3f} | "
+            f"{r['overhead_later']:.3f} |"
+        )
+    return "\n".join([*lines, END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--before", default="main", help="git ref to compare against")
+    parser.add_argument("--reload", action="store_true", help="also this tree with SWEEPLAB_REUSE=0")
+    parser.add_argument("--out", type=Path, help="write the table into this BENCHMARKS.md section")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-reuse-") as tmp:
+        before = Path(tmp) / "before-code"
+        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True)
+        modes = [(f"before ({args.before})", before, {}), ("after", ROOT, {})]
+        modes += [("after, SWEEPLAB_REUSE=0", ROOT, {"SWEEPLAB_REUSE": "0"})] if args.reload else []
+        try:
+            for i, (mode, code, env) in enumerate(modes):
+                rows.append(row(mode, *run_sweep(code, Path(tmp) / str(i), env, args.trials, args.steps)))
+                print(rows[-1], flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+    text = table(rows, args.trials, args.steps, args.before)
+    print(text)
+    if args.out:
+        replace_section(args.out, START, END, text)
+
+
+if __name__ == "__main__":
+    main()
