@@ -40,7 +40,8 @@ def test_a_downgrade_is_said(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side of auto")
 def test_auto_on_this_cpu_machine_is_fp32() -> None:
     placement = resolve_placement(TrainerConfig())
-    assert (placement.device, placement.precision, placement.compute_dtype) == ("cpu", "32-true", torch.float32)
+    assert (placement.device, placement.precision) == ("cpu", "32-true")
+    assert placement.compute_dtype == torch.float32
 
 
 def test_the_config_comment_says_what_auto_does() -> None:

@@ -32,8 +32,12 @@ def test_only_the_named_messages_are_silenced(caplog) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         quiet_library_noise()  # catch_warnings reset the filters; installed again inside
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("some other deprecation", FutureWarning)
+        warnings.warn(
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+            FutureWarning,
+            stacklevel=1,
+        )
+        warnings.warn("some other deprecation", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["some other deprecation"]
     ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
     with caplog.at_level(logging.WARNING, logger=ops.name):
