@@ -6,7 +6,10 @@
 #
 # Without a package registry `make install` cannot work: put wheels of the pinned packages that the
 # machine's Python lacks in .whl/ (pip download --no-deps ... -d .whl) and this script installs those
-# into /tmp/site and runs with the machine's python3 and src/ on PYTHONPATH instead.
+# into /tmp/site and runs with the machine's python3 and src/ on PYTHONPATH instead. An image with
+# torch, lightning, peft and transformers still lacks at least bitsandbytes, hydra-core, omegaconf
+# (+ antlr4-python3-runtime), optuna, pydantic (+ pydantic-core) and wandb; and transformers must be
+# the pinned 5.23 (wrap_lora calls activation_checkpointing_enable).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-outputs/gpu-check}"
