@@ -9,7 +9,7 @@
 # into /tmp/site and runs with the machine's python3 and src/ on PYTHONPATH instead. An image with
 # torch, lightning, peft and transformers still lacks at least bitsandbytes, hydra-core, omegaconf
 # (+ antlr4-python3-runtime), optuna, pydantic (+ pydantic-core) and wandb; and transformers must be
-# the pinned 5.23 (wrap_lora calls activation_checkpointing_enable).
+# new enough for activation_checkpointing_enable, which wrap_lora calls (the pinned 5.23 is).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-outputs/gpu-check}"
