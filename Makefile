@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast lint format bench bench-toolcalls clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ test: install install-bench  ## install from nothing, then every CPU test (slow 
 test-fast:  ## the quick loop while you work
 	$(PY) -m pytest -m "not slow and not gpu"
 
+test-gpu: install  ## the CUDA tests (skipped without a GPU): a real run in 4-bit, 16-mixed and auto
+	$(PY) -m pytest -m gpu -q
+
 lint:  ## ruff
 	.venv/bin/ruff check src tests bench
 
@@ -68,6 +71,9 @@ bench: install-bench  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds 
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
 	$(PY) bench/bench_estimate.py --out BENCHMARKS.md
+
+bench-gpu: install  ## Qwen2.5-1.5B-shaped QLoRA vs fp16 LoRA: tokens/s, peak memory, MFU (~3 min on an H200; skipped without CUDA)
+	$(PY) bench/bench_gpu.py --out BENCHMARKS.md
 
 bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, small sweep (~1 h on CPU)
 	$(PY) bench/bench_toolcalls.py --out BENCHMARKS.md

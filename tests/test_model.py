@@ -172,3 +172,18 @@ def test_lora_grads_unchanged_by_a_validation_pass(tiny_dir: str) -> None:
     assert before.keys() == after.keys() and len(before) > 0
     for name in before:
         assert torch.equal(before[name], after[name]), name
+
+
+def test_gradient_checkpointing_follows_the_config_and_keeps_the_grads(tiny_dir: str) -> None:
+    """wrap_lora enables it through transformers' current API; recomputing must not change LoRA grads."""
+    batch = fixed_batch(tiny_dir)
+    grads = {}
+    for on in (True, False):
+        torch.manual_seed(0)  # same LoRA init
+        model = tiny_model(tiny_dir, f"model.gradient_checkpointing={str(on).lower()}", "lora.dropout=0")
+        assert model.get_base_model().is_activation_checkpointing is on
+        model(**batch, use_cache=False).loss.backward()
+        grads[on] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name in grads[True]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -209,7 +209,8 @@ class DataConfig(Schema):
     seed: int = 1234
     num_workers: int = Field(default=0, ge=0)
     # Training rows hold whole chats, best-fit decreasing into max_seq_len tokens, with position_ids
-    # restarting per chat (no cross-chat attention); batch_size then counts rows. Validation is unpacked.
+    # restarting per chat (no cross-chat attention); batch_size then counts rows. Rows are batched by
+    # length like group_by_length's batches and padded to the batch's longest row. Validation is unpacked.
     packing: bool = False
     # packing=false: batches drawn from the seeded shuffle's windows of 50 batches, sorted by length, to
     # cut padding. Off by default: it changes every default run's batches (and their results).
@@ -232,8 +233,8 @@ class DataConfig(Schema):
             )
         if self.packing and self.group_by_length:
             raise ValueError(
-                "data.group_by_length applies to padded batches; with data.packing=true rows are already "
-                "full: set one of them to false"
+                "data.group_by_length applies to padded batches; with data.packing=true rows are always "
+                "batched by length: set one of them to false"
             )
         if self.test_path and self.source != "jsonl":
             raise ValueError("data.test_path holds chats: it needs data=jsonl")

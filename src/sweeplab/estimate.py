@@ -192,7 +192,7 @@ def estimate(rc: RunConfig, label: str = "") -> Estimate:
     n_lora = sum(p.numel() for p in lora_params)
     n_trainable = sum(p.numel() for p in trainable)
 
-    # Compute dtype: fp16 on a GPU (trainer.precision=auto), fp32 on CPU (sweeplab.precision).
+    # Compute dtype: 16-bit on a GPU (auto picks bf16 or fp16 mixed: the same bytes), fp32 on CPU.
     on_cpu = rc.trainer.accelerator == "cpu"
     precision = (
         rc.trainer.precision if rc.trainer.precision != "auto" else ("32-true" if on_cpu else "16-mixed")

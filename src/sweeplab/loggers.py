@@ -48,7 +48,7 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]) -> Lo
         offline = True
     if offline:
         log.info("W&B offline (no API key): sync later with `wandb sync %s/wandb/offline-run-*`", run_dir)
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.project,
         group=cfg.group,
         name=cfg.name,
@@ -57,3 +57,6 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]) -> Lo
         offline=offline,
         config=config,
     )
+    # Lightning 2.6 always passes anonymous=None, and wandb 0.31 warns that the setting is gone.
+    logger._wandb_init.pop("anonymous", None)
+    return logger

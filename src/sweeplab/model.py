@@ -141,11 +141,11 @@ def peft_lora_config(model: torch.nn.Module, lora: LoraConfig) -> PeftLoraConfig
 def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
     """Freeze the base, upcast norms, and add LoRA adapters on the chosen target set."""
     peft_config = peft_lora_config(model, lora)
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    # peft would enable checkpointing through transformers' deprecated gradient_checkpointing_enable (and
+    # only for a 4-bit base): the same call under its current name, non-reentrant as before, for any base.
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, peft_config)
     peft_model.train()  # from_pretrained leaves eval mode; dropout and the repack guard need train
     return peft_model

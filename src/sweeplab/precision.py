@@ -24,6 +24,28 @@ class Placement:
     compute_dtype: torch.dtype  # bitsandbytes 4-bit matmul dtype
 
 
+def choose_precision(requested: str, on_gpu: bool, bf16_supported: bool) -> str:
+    """Lightning's precision flag for trainer.precision on this device (pure: testable without CUDA).
+
+    auto on a GPU: bf16 mixed where the GPU has bf16 (Ampere and newer), the QLoRA recipe's compute dtype;
+    fp16's narrow range overflows more often with 4-bit weights (QLoRA's authors saw fp16 runs diverge).
+    Older GPUs get fp16 mixed; trainer.precision=16-mixed forces it anywhere. auto on CPU: fp32.
+    """
+    if requested == "auto":
+        if not on_gpu:
+            return "32-true"
+        return "bf16-mixed" if bf16_supported else "16-mixed"
+    if requested == "bf16-mixed" and on_gpu and not bf16_supported:
+        log.warning("trainer.precision=bf16-mixed is not supported by this GPU; using 16-mixed")
+        return "16-mixed"
+    if requested != "32-true" and not on_gpu:
+        # Lightning would turn 16-mixed into bf16 on CPU, which is up to 20x slower on some CPUs.
+        log.warning(
+            "trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true", requested
+        )
+    return requested
+
+
 def resolve_placement(trainer: TrainerConfig) -> Placement:
     cuda = torch.cuda.is_available()
     if trainer.accelerator in ("gpu", "cuda") and not cuda:
@@ -32,18 +54,7 @@ def resolve_placement(trainer: TrainerConfig) -> Placement:
             "use trainer.accelerator=auto or cpu"
         )
     on_gpu = cuda and trainer.accelerator != "cpu"
-    precision = trainer.precision
-    if precision == "auto":
-        # fp16 mixed is the QLoRA default on GPUs; bf16 only when asked for (and supported).
-        precision = "16-mixed" if on_gpu else "32-true"
-    elif precision == "bf16-mixed" and on_gpu and not torch.cuda.is_bf16_supported():
-        log.warning("trainer.precision=bf16-mixed is not supported by this GPU; using 16-mixed")
-        precision = "16-mixed"
-    elif precision != "32-true" and not on_gpu:
-        # Lightning would turn 16-mixed into bf16 on CPU, which is up to 20x slower on some CPUs.
-        log.warning(
-            "trainer.precision=%s on CPU runs bf16 autocast and may be much slower than 32-true", precision
-        )
+    precision = choose_precision(trainer.precision, on_gpu, on_gpu and bf16_native())
     check_devices(trainer, on_gpu)
     placement = Placement(
         device=f"cuda:{local_rank()}" if on_gpu else "cpu",
@@ -81,3 +92,8 @@ def check_devices(trainer: TrainerConfig, on_gpu: bool) -> None:
             f"trainer.devices={trainer.devices} but this node has {visible} visible GPU(s): "
             f"use trainer.devices<={visible} (or trainer.devices=auto)"
         )
+
+
+def bf16_native() -> bool:
+    """Ampere or newer: pre-Ampere GPUs (T4, V100) only emulate bf16, which torch counts as supported."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)

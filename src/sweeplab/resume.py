@@ -35,7 +35,7 @@ class EpochSeededSampler(Sampler[int]):
     def __init__(self, n: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1) -> None:
         self.n = n
         self.seed = seed
-        self.lengths = lengths  # given: batches of similar lengths (data.group_by_length)
+        self.lengths = lengths  # given: batches of similar lengths (data.group_by_length, packed rows)
         self.batch_size = batch_size
         self.epoch = 0
         self.skip = 0  # samples of this epoch already trained on; used once, by the next iteration

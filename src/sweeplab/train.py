@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab import reuse
 from sweeplab.config import RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
+from sweeplab.quiet import quiet_library_noise
 from sweeplab.ranks import is_rank_zero, trial_ranks
 from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
 
@@ -140,6 +141,8 @@ def fit(
             pack_examples(train_set, rc.data.max_seq_len),
             PackCollator(tokenizer.pad_token_id),
         )
+        # Rows of similar length batched together: a batch is padded to its longest row only.
+        lengths = [sum(len(ex["input_ids"]) for ex in row) for row in train_rows]
         log.info(
             "packing: %d train chats in %d rows of <= %d tokens",
             len(train_set),
@@ -348,6 +351,7 @@ def run(cfg: DictConfig) -> float:
     from sweeplab.outputs import atomic_write_text
 
     install_log_redaction()  # Hydra set up this job's log handlers just before calling us
+    quiet_library_noise()
     sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv in every run's metadata
     rc = validate(cfg)
     hydra_cfg = HydraConfig.get()

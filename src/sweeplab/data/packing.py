@@ -81,9 +81,12 @@ class PackCollator:
 
 def packed_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
     """The model's output for a packed or padded batch; a packed one with a mask is refused."""
-    if "position_ids" not in batch:
+    if "position_ids" not in batch:  # no cache either: training never reads it (and transformers warns)
         return model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch.get("labels")
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch.get("labels"),
+            use_cache=False,
         )
     if batch.get("attention_mask") is not None:
         raise ValueError(
