@@ -111,7 +111,8 @@ def test_trial_two_of_a_worker_equals_the_same_params_alone(tmp_path: Path) -> N
     """The sweep's second trial runs on the first's base, tokenizer and data; alone, it loads them."""
     first = "{recipe:first,params:{lora.r:16,optim.lr:0.003,optim.weight_decay:0.0}}"
     second = "{recipe:second,params:{lora.r:8,optim.lr:0.001,optim.weight_decay:0.1}}"
-    common = [*QLORA, "model.gradient_checkpointing=true", "data.num_workers=0"]
+    # val_at_start on (qlora turns it off): the untouched base's validation is run once per worker.
+    common = [*QLORA, "model.gradient_checkpointing=true", "data.num_workers=0", "trainer.val_at_start=true"]
     both = sweep(
         tmp_path / "both", *common, "hydra.sweeper.n_trials=2", f"hydra.sweeper.enqueue=[{first},{second}]"
     )
@@ -124,6 +125,9 @@ def test_trial_two_of_a_worker_equals_the_same_params_alone(tmp_path: Path) -> N
     [solo] = load(tmp_path / "alone", "s").trials
     assert [t.user_attrs["base_reused"] for t in trials] == [False, True]
     assert solo.user_attrs["base_reused"] is False
+    # The untouched base's validation (tool calls decoded too) ran once: trial 2 got trial 1's.
+    assert [t.user_attrs["start_validation_reused"] for t in trials] == [False, True]
+    assert solo.user_attrs["start_validation_reused"] is False
     assert trials[1].params == solo.params
     assert trials[1].value == solo.value  # exactly: same weights, same LoRA init, same dropout draws
     assert trials[1].intermediate_values == solo.intermediate_values
@@ -132,5 +136,6 @@ def test_trial_two_of_a_worker_equals_the_same_params_alone(tmp_path: Path) -> N
         metrics = json.loads((root / "sweeps" / "s" / str(number) / "metrics.json").read_text())
         return metrics["val_history"]
 
-    assert history(tmp_path / "both", 1) == history(tmp_path / "alone", 0)
+    assert history(tmp_path / "both", 1) == history(tmp_path / "alone", 0)  # step 0 and decoding included
+    assert "val/tool_exact" in history(tmp_path / "both", 1)[0]
     assert all(0 < t.user_attrs["startup_s"] < t.user_attrs["wall_s"] + 60 for t in [*trials, solo])

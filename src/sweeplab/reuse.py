@@ -44,6 +44,28 @@ def held(kind: str, key: Hashable, build: Callable[[], T], keep: bool) -> T:
     return value
 
 
+def validate_at_start(trainer: Any, module: Any, val_loader: Any, key: Hashable, keep: bool) -> None:
+    """The validation before training sees the untouched base (LoRA starts as the identity: B = 0, and
+    DoRA's magnitude is the weight's norm), so every trial of a worker that shares base, data and eval
+    config gets the same metrics: the first runs it (decoding included), the next ones reuse it."""
+
+    from sweeplab.resume import rng_state, set_rng_state
+
+    def run() -> tuple[dict, list[dict]]:
+        trainer.validate(module, val_loader, verbose=False)
+        return dict(module.val_history[-1]), list(module.predictions)
+
+    before = rng_state()  # run or reused, training starts from the same random state
+    entry, predictions = held("start_validation", key, run, keep and trainer.world_size == 1)
+    set_rng_state(before)
+    if not reused["start_validation"]:
+        return
+    module.val_history.append(dict(entry))
+    module.predictions = list(predictions)
+    for logger in trainer.loggers:  # the curve starts at step 0 as if it had run here
+        logger.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=0)
+
+
 def after_trial(cleanup: Callable[[], None]) -> None:
     """Run at the end of a trial that went well, e.g. to take its adapter off the held base."""
     _cleanups.append(cleanup)

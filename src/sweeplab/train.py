@@ -191,7 +191,9 @@ def fit(
     trainer = build_trainer(rc, placement, logger, run_dir, extra, build_strategy(rc.trainer, model))
     with translate_faults(rc, trainer):
         if rc.trainer.val_at_start and ckpt is None:
-            trainer.validate(module, val_loader, verbose=False)
+            reuse.validate_at_start(trainer, module, val_loader, start_key(rc, model_dir, placement), keep)
+            if trial is not None:
+                trial.set_user_attr("start_validation_reused", reuse.reused["start_validation"])
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
     if pruning and pruning[0].pruned_at is not None:
         if trial is None:  # a rank > 0: rank 0 tells Optuna
@@ -297,6 +299,21 @@ def fit(
         "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
     )
     return objective
+
+
+def start_key(rc: RunConfig, model_dir: str, placement: Any) -> tuple:
+    """What the validation of the untouched base depends on (not lora.r, optim, seed: B = 0 at start)."""
+    return (
+        model_dir,
+        rc.model.model_dump_json(),
+        rc.data.model_dump_json(),
+        rc.eval.model_dump_json(),
+        rc.objective.model_dump_json(),
+        rc.trainer.limit_val_batches,
+        rc.lora.use_dora,
+        placement.device,
+        placement.precision,
+    )
 
 
 @contextlib.contextmanager
