@@ -71,6 +71,7 @@ bench: install-bench  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds 
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
 	$(PY) bench/bench_estimate.py --out BENCHMARKS.md
+	$(PY) bench/bench_reuse.py --out BENCHMARKS.md
 
 bench-gpu: install  ## Qwen2.5-1.5B-shaped QLoRA vs fp16 LoRA: tokens/s, peak memory, MFU (~3 min on an H200; skipped without CUDA)
 	$(PY) bench/bench_gpu.py --out BENCHMARKS.md

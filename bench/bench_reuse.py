@@ -1,13 +1,14 @@
-"""Per-trial overhead of a sweep worker: a git ref (before) against this tree (after), in one run.
+"""Per-trial overhead of a sweep worker: reloading every trial (before) against reuse (after), in one run.
 
     .venv/bin/python bench/bench_reuse.py --out BENCHMARKS.md      # 6 trials x 30 steps on model=base
     .venv/bin/python bench/bench_reuse.py --trials 3 --steps 10     # a quick look
 
-Both sweeps run the real entry point (`python -m sweeplab.train --multirun hparams_search=qlora`, one
-worker, no pruning) on the same sampler seed, so they run the same trials. "before" runs --before (a
-git ref, default main) from a temporary worktree; "after" runs this tree; "reload" (--reload) is this
-tree with SWEEPLAB_REUSE=0. The clock is the same for all: bench/first_step.py, added through
-`callbacks.extra`, writes the time of each trial's first optimizer step into its run dir.
+The sweeps run the real entry point (`python -m sweeplab.train --multirun hparams_search=qlora`, one
+worker, no pruning) on the same sampler seed, so they run the same trials. "reload" is this tree with
+SWEEPLAB_REUSE=0 (every trial loads base, tokenizer and data: the code before reuse, otherwise equal);
+"after" is this tree; --before REF adds that git ref, run from a temporary worktree. The clock is
+the same for all: bench/first_step.py, added through `callbacks.extra`, writes the time of each
+trial's first optimizer step into its run dir.
 Overhead = (first step - Optuna's trial start) / (trial end - trial start), summed over the trials.
 """
 
@@ -83,17 +84,18 @@ def row(mode: str, trials: list[optuna.trial.FrozenTrial], starts: list[float]) 
     }
 
 
-def table(rows: list[dict], trials: int, steps: int, before: str) -> str:
+def table(rows: list[dict], trials: int, steps: int) -> str:
     lines = [
         START,
         "## Per-trial overhead: before vs after keeping the base (bench/bench_reuse.py)",
         "",
         f"`hparams_search=qlora` on `model=base` ({trials} trials x {steps} steps, one worker, pruner none, "
-        f"no W&B, no decoding), `{before}` and this tree in one run on the same sampler seed. startup = "
+        "no W&B, no decoding), the modes one after another in one run on the same sampler seed. startup = "
         "Optuna's trial start to the trial's first optimizer step (bench/first_step.py, the same clock for "
-        "both); overhead = sum of startups / sum of trial wall times. `SWEEPLAB_REUSE=0` loads base, "
+        "all); overhead = sum of startups / sum of trial wall times. `SWEEPLAB_REUSE=0` loads base, "
         f"tokenizer and data from disk in every trial. CPU: {cpu_name()}, {os.cpu_count()} cores shared "
-        f"with other jobs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; target <= 0.05.",
+        "with whatever else ran, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; target <= 0.05.",
         "",
         "| mode | trials | base reused | startup trial 0 (s) | startup later (s, median) | trial wall (s, "
         "median) | overhead | overhead, trials 1+ |",
@@ -114,23 +116,25 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--before", default="main", help="git ref to compare against")
-    parser.add_argument("--reload", action="store_true", help="also this tree with SWEEPLAB_REUSE=0")
+    parser.add_argument("--before", help="also a git ref (e.g. the commit before reuse), from a worktree")
     parser.add_argument("--out", type=Path, help="write the table into this BENCHMARKS.md section")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-reuse-") as tmp:
         before = Path(tmp) / "before-code"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True)
-        modes = [(f"before ({args.before})", before, {}), ("after", ROOT, {})]
-        modes += [("after, SWEEPLAB_REUSE=0", ROOT, {"SWEEPLAB_REUSE": "0"})] if args.reload else []
+        modes = [("reload (SWEEPLAB_REUSE=0)", ROOT, {"SWEEPLAB_REUSE": "0"}), ("after", ROOT, {})]
+        if args.before:
+            add = ["git", "worktree", "add", "--detach", str(before), args.before]
+            subprocess.run(add, cwd=ROOT, check=True)
+            modes.insert(0, (f"before ({args.before})", before, {}))
         try:
             for i, (mode, code, env) in enumerate(modes):
                 rows.append(row(mode, *run_sweep(code, Path(tmp) / str(i), env, args.trials, args.steps)))
                 print(rows[-1], flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
-    text = table(rows, args.trials, args.steps, args.before)
+            if args.before:
+                subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
+    text = table(rows, args.trials, args.steps)
     print(text)
     if args.out:
         replace_section(args.out, START, END, text)
