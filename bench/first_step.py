@@ -13,6 +13,13 @@ class FirstStep(L.Callback):
 
     def __init__(self) -> None:
         self.done = False
+        self.started = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
+        """Also the start of the first batch: what comes before it is set-up, what follows is training."""
+        if not self.started:
+            Path(trainer.default_root_dir, "first_batch.txt").write_text(f"{time.time()!r}\n")
+            self.started = True
 
     def on_before_optimizer_step(self, trainer: L.Trainer, *_: object) -> None:
         if not self.done:
