@@ -94,6 +94,7 @@ def drop() -> None:
 
 
 def release() -> None:
+    gc.unfreeze()  # the sweeper freezes what survives each trial, a held base among them
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
