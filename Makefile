@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast lint format bench bench-toolcalls clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast lint format bench bench-trl bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ bench: install-bench  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds 
 	$(PY) bench/bench_step.py --out BENCHMARKS.md
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
 	$(PY) bench/bench_estimate.py --out BENCHMARKS.md
+
+# 5 arms x 2 rounds, one process each, 6 steps of 4 chats on SmolLM2-135M: ~45 min on 2 busy CPU cores.
+bench-trl: install-bench  ## sweeplab vs TRL's SFTTrainer (padded, padding-free, packed): tokens/s + val loss
+	$(PY) bench/bench_trl.py --out BENCHMARKS.md
 
 bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, small sweep (~1 h on CPU)
 	$(PY) bench/bench_toolcalls.py --out BENCHMARKS.md
