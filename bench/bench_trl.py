@@ -347,7 +347,8 @@ about {args.batch} chats' tokens). One process per arm and round, arms rotating 
 tokens/s: non-pad tokens over the time from the second step's start to the last step's end. Val loss: the
 same assistant-token cross-entropy on the same {args.n_val} val chats after the last step. TRL arms:
 padded, `padding_free=True`, `packing=True` (bfd); TRL's own QLoRA cast of the adapters to bf16 is undone
-so both trainers compute in fp32.
+so both trainers compute in fp32. TRL 1.16 already runs its LM head only at labelled positions (its fused
+head), as sweeplab's step does; both use gradient checkpointing.
 
 {body}
 
