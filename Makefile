@@ -69,7 +69,8 @@ bench: install-bench  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds 
 	$(PY) bench/bench_sweep.py --out BENCHMARKS.md
 	$(PY) bench/bench_estimate.py --out BENCHMARKS.md
 
-# 5 arms x 2 rounds, one process each, 6 steps of 4 chats on SmolLM2-135M: ~45 min on 2 busy CPU cores.
+# 5 arms x 2 rounds, one process each, 6 steps of 4 chats on SmolLM2-135M: ~10 min on 2 quiet CPU cores
+# (~45 min when other jobs load them; rounds rotate the arm order, so load shifts hit every arm).
 bench-trl: install-bench  ## sweeplab vs TRL's SFTTrainer (padded, padding-free, packed): tokens/s + val loss
 	$(PY) bench/bench_trl.py --out BENCHMARKS.md
 
