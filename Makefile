@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-toolcalls clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -75,6 +75,11 @@ bench: install-bench  ## benchmarks; writes BENCHMARKS.md (bench_sweep: 8 seeds 
 
 bench-gpu: install  ## Qwen2.5-1.5B-shaped QLoRA vs fp16 LoRA: tokens/s, peak memory, MFU (~3 min on an H200; skipped without CUDA)
 	$(PY) bench/bench_gpu.py --out BENCHMARKS.md
+
+# 5 arms x 2 rounds, one process each, 6 steps of 4 chats on SmolLM2-135M: ~10 min on 2 quiet CPU cores
+# (~45 min when other jobs load them; rounds rotate the arm order, so load shifts hit every arm).
+bench-trl: install-bench  ## sweeplab vs TRL's SFTTrainer (padded, padding-free, packed): tokens/s + val loss
+	$(PY) bench/bench_trl.py --out BENCHMARKS.md
 
 bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, small sweep (~1 h on CPU)
 	$(PY) bench/bench_toolcalls.py --out BENCHMARKS.md

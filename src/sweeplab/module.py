@@ -14,8 +14,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
 from sweeplab.config import ObjectiveConfig, OptimConfig
-from sweeplab.data.packing import packed_forward, real_tokens
+from sweeplab.data.packing import real_tokens
 from sweeplab.errors import DivergedError
+from sweeplab.label_head import LabelLogits
 from sweeplab.resume import rng_state, set_rng_state
 
 
@@ -105,10 +106,13 @@ class QLoRAModule(L.LightningModule):
         self.train_seconds = 0.0
         self._batch_start = 0.0
         self._rng_to_restore: dict[str, Any] | None = None
+        self.label_logits = LabelLogits(model)  # the loss's logits, at labelled positions only
 
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = packed_forward(self.model, batch).loss
+        logits, targets = self.label_logits(batch)
+        # Mean over labelled tokens, as model(labels=...) computes it; a batch with none trains nothing.
+        loss = F.cross_entropy(logits, targets) if len(targets) else logits.sum() * 0.0
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"training loss became {loss.item()} at step {self.global_step}; "
@@ -143,12 +147,8 @@ class QLoRAModule(L.LightningModule):
 
     # --- validation ---------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]  # next-token: position t predicts token t+1
-        mask = targets != -100
-        picked = logits[:, :-1][mask].float()  # (N, vocab) over assistant tokens only
-        wanted = targets[mask]
-        n = int(mask.sum())
+        picked, wanted = self.label_logits(batch)  # (N, vocab), (N,) over assistant tokens only
+        n = len(wanted)
         if n == 0:
             return
         self.val_loss.update(F.cross_entropy(picked, wanted), weight=n)

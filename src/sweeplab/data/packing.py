@@ -4,7 +4,8 @@ transformers 5 finds the chats of a packed row where position_ids stop counting 
 (masking_utils.find_packed_sequence_indices) and masks attention between them for eager, sdpa and
 flex_attention, but only when no attention_mask is passed and no KV cache is built: an all-ones mask,
 or use_cache=True (the default, even in train mode), silently lets a chat attend to the one before it.
-packed_forward() is the one way packed batches reach the model, so both stay refused.
+model_inputs() builds the arguments of every packed forward (packed_forward, sweeplab.label_head), so both
+stay refused.
 """
 
 from __future__ import annotations
@@ -79,27 +80,27 @@ class PackCollator:
         }
 
 
-def packed_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    """The model's output for a packed or padded batch; a packed one with a mask is refused."""
-    if "position_ids" not in batch:  # no cache either: training never reads it (and transformers warns)
-        return model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch.get("labels"),
-            use_cache=False,
-        )
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | bool]:
+    """The model's keyword arguments (labels aside) for a padded or packed batch; a packed one with a mask
+    is refused. No KV cache either way: training never reads it, and a packed batch must not build one."""
+    if "position_ids" not in batch:
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "use_cache": False,
+        }
     if batch.get("attention_mask") is not None:
         raise ValueError(
             "a packed batch (position_ids) must not carry an attention_mask: transformers then attends "
             "across the chats of a row; drop the mask and let position_ids separate them"
         )
     # use_cache=False: with a cache built, transformers 5 skips packed-row detection (cross-talk).
-    return model(
-        input_ids=batch["input_ids"],
-        position_ids=batch["position_ids"],
-        labels=batch.get("labels"),
-        use_cache=False,
-    )
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+
+
+def packed_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """The model's output (and loss, given labels) for a packed or padded batch."""
+    return model(**model_inputs(batch), labels=batch.get("labels"))
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -1,0 +1,67 @@
+"""bench_trl.py: every arm (TRL's SFTTrainer and sweeplab, padded and packed) trains and is counted."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = dict(model="tiny", steps=2, batch=4, max_seq_len=256, n_val=4, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def bench(hermetic_cache: Path):
+    sys.path.insert(0, str(ROOT / "bench"))  # the bench scripts import their neighbours by name
+    try:
+        import bench_trl
+
+        yield bench_trl
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+@pytest.mark.parametrize(
+    "arm", ["trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "sweeplab-packed"]
+)
+def test_every_arm_trains_and_counts_its_useful_tokens(bench, arm: str) -> None:
+    result = bench.run_arm(argparse.Namespace(arm=arm, **ARGS))
+    assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
+    assert 4.0 < result["val_loss"] < 12.0  # a cross-entropy over a 4k vocabulary, not a 0 from no labels
+    assert 0 < result["useful_tokens"] <= result["processed_tokens"]
+    assert result["seconds"] > 0 and result["tokens_per_s"] > 0
+    if arm.endswith(("padding-free", "packed")) and arm.startswith("trl"):
+        assert result["useful_tokens"] == result["processed_tokens"]  # flattened: no pad token at all
+
+
+def test_the_table_and_verdict_name_each_arm(bench) -> None:
+    def run(speed: float, loss: float) -> dict:
+        return {"tokens_per_s": speed, "val_loss": loss, "useful_tokens": 90, "processed_tokens": 100}
+
+    results = {"trl-padded": [run(10, 2.0), run(12, 2.0)], "sweeplab-packed": [run(30, 1.9), run(24, 1.9)]}
+    med = bench.summary(results)
+    table = bench.table(results, med)
+    assert "| trl-padded | 10.0 / 12.0 | 11.0 | 0.90 | 2.0000 |" in table
+    assert "| sweeplab-packed | 30.0 / 24.0 | 27.0 |" in table
+    assert bench.verdict(med).startswith("**sweeplab / TRL best: 2.45x**")
+
+
+@pytest.mark.slow
+def test_the_race_runs_each_arm_in_its_own_process_and_writes_its_section(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    cmd = [sys.executable, "bench/bench_trl.py", "--rounds=1", "--out", str(out)]
+    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in ARGS.items()] + [
+        "--arms",
+        "trl-padded",
+        "sweeplab-packed",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert (
+        "<!-- bench_trl:start -->" in text and "| sweeplab-packed |" in text and "sweeplab / TRL best" in text
+    )
