@@ -121,7 +121,7 @@ def fit(
     train_set, val_set, stats = reuse.held(
         "data", cache_key(rc.data, tokenizer), lambda: build_datasets(rc.data, tokenizer, cache_dir), keep
     )
-    val_eval, test_eval = build_evaluators(rc, tokenizer)
+    val_eval, test_eval = build_evaluators(rc, tokenizer, keep)
     model = build_model(
         model_dir,
         rc.model,

@@ -8,8 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sweeplab import reuse
 from sweeplab.config import RunConfig
 from sweeplab.data import eval_chats
+from sweeplab.data.datasets import cache_key
 from sweeplab.errors import DataError
 from sweeplab.eval.generate import ToolCallEvaluator, build_cases
 from sweeplab.outputs import atomic_write_text, write_json
@@ -17,12 +19,8 @@ from sweeplab.outputs import atomic_write_text, write_json
 log = logging.getLogger(__name__)
 
 
-def build_evaluators(
-    rc: RunConfig, tokenizer: Any
-) -> tuple[ToolCallEvaluator | None, ToolCallEvaluator | None]:
-    """(val, test) evaluators; None where the config turns it off or no chat ends in a tool call."""
-    if rc.data.source == "text" or not (rc.eval.n_generate or rc.eval.test or rc.objective.needs_generation):
-        return None, None  # nothing decodes: skip generating the chats (~0.2 s per trial)
+def eval_cases(rc: RunConfig, tokenizer: Any) -> tuple[list, list]:
+    """(val cases, test cases): the chats decoded at validations and once at the end, tokenized."""
     val_chats, test_chats = eval_chats(rc.data)
     val_cases = build_cases(tokenizer, val_chats, rc.eval.n_generate) if rc.eval.n_generate else []
     if rc.objective.needs_generation and not val_cases:
@@ -31,6 +29,18 @@ def build_evaluators(
             "chats ends in an assistant tool call (JSON or tool_calls); use objective.metric=val/loss"
         )
     test_cases = build_cases(tokenizer, test_chats) if rc.eval.test else []
+    return val_cases, test_cases
+
+
+def build_evaluators(
+    rc: RunConfig, tokenizer: Any, keep: bool = False
+) -> tuple[ToolCallEvaluator | None, ToolCallEvaluator | None]:
+    """(val, test) evaluators; None where the config turns it off or no chat ends in a tool call."""
+    if rc.data.source == "text" or not (rc.eval.n_generate or rc.eval.test or rc.objective.needs_generation):
+        return None, None  # nothing decodes: skip generating the chats (~0.2 s per trial)
+    # A sweep worker's next trial with the same data, tokenizer and eval config gets the same cases.
+    key = (cache_key(rc.data, tokenizer), rc.eval.model_dump_json(), rc.objective.model_dump_json())
+    val_cases, test_cases = reuse.held("eval_cases", key, lambda: eval_cases(rc, tokenizer), keep)
     make = lambda cases: ToolCallEvaluator(tokenizer, cases, rc.eval.batch_size, rc.eval.max_new_tokens)  # noqa: E731
     val = make(val_cases) if val_cases else None
     test = make(test_cases) if test_cases else None
