@@ -5,7 +5,7 @@
 #   bash scripts/gpu-check.sh              # logs and results under $OUT if set, else outputs/gpu-check
 #
 # Without a package registry `make install` cannot work: put wheels of the pinned packages that the
-# machine's Python lacks in .whl/ (pip download --no-deps ... -d .whl) and this script installs those
+# machine's Python lacks in .whl/ (scripts/gpu-wheels.sh does it) and this script installs those
 # into /tmp/site and runs with the machine's python3 and src/ on PYTHONPATH instead. An image with
 # torch, lightning, peft and transformers still lacks at least bitsandbytes, hydra-core, omegaconf
 # (+ antlr4-python3-runtime), optuna, pydantic (+ pydantic-core) and wandb; and transformers must be
@@ -43,7 +43,8 @@ else
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/summary.txt"
 
-step pytest-gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_bench_gpu.py || status=1
+step pytest-gpu 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_bench_gpu.py \
+    tests/test_ddp.py || status=1
 step bench-gpu 240 "$PY" bench/bench_gpu.py --out BENCHMARKS.md --json "$OUT/bench_gpu.json" || status=1
 # The section the bench wrote, to paste into the repository's BENCHMARKS.md.
 sed -n '/<!-- bench_gpu:start -->/,/<!-- bench_gpu:end -->/p' BENCHMARKS.md >"$OUT/BENCHMARKS_gpu.md"
