@@ -64,3 +64,27 @@ def run_train(*overrides: str, output_root: Path, env: dict | None = None, timeo
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_random_lora(hermetic_cache: Path):
+    """(model, tokenizer, train examples): the tiny 4-bit base with LoRA B drawn at random, so the adapter
+    changes the logits and LoRA A gets gradients; eval mode (no dropout), for exact comparisons."""
+    import torch
+
+    from sweeplab.config import validate
+    from sweeplab.data import build_datasets
+    from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
+
+    rc = validate(make_cfg("model=tiny", "data.n_train=16", "data.n_val=4", "data.max_seq_len=160"))
+    model_dir = resolve_model_dir(rc.model, hermetic_cache)
+    tokenizer = load_tokenizer(model_dir)
+    train, _, _ = build_datasets(rc.data, tokenizer, hermetic_cache)
+    model = build_model(model_dir, rc.model, rc.lora, torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    return model, tokenizer, train

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeplab.config import validate
-from sweeplab.data import PadCollator, build_datasets
+from sweeplab.data import PadCollator
 from sweeplab.data.packing import PackCollator, packed_forward
 from sweeplab.label_head import LabelLogits, split_head
-from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
-from tests.conftest import make_cfg
 
 
 @pytest.fixture(scope="module")
-def tiny(hermetic_cache: Path):
-    """A tiny 4-bit base with LoRA whose B matrices are random, so LoRA A gets gradients too."""
-    rc = validate(make_cfg("model=tiny", "data.n_train=8", "data.n_val=4", "data.max_seq_len=160"))
-    model_dir = resolve_model_dir(rc.model, hermetic_cache)
-    tokenizer = load_tokenizer(model_dir)
-    train, _, _ = build_datasets(rc.data, tokenizer, hermetic_cache)
-    model = build_model(model_dir, rc.model, rc.lora, torch.float32)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()  # no LoRA dropout: both paths see the same weights
+def tiny(tiny_random_lora):
+    model, tokenizer, train = tiny_random_lora
     return model, tokenizer, [train[i] for i in range(4)]
 
 

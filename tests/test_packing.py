@@ -13,26 +13,8 @@ from sweeplab.config import validate
 from sweeplab.data import PadCollator, build_datasets
 from sweeplab.data.packing import PackCollator, best_fit_decreasing, pack_examples, packed_forward
 from sweeplab.data.tokenize import IGNORE
-from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
 from sweeplab.resume import EpochSeededSampler
 from tests.conftest import TINY, make_cfg, run_train
-
-
-@pytest.fixture(scope="module")
-def tiny(hermetic_cache: Path):
-    """A tiny base with LoRA whose B matrices are random, so the adapter changes the logits."""
-    rc = validate(make_cfg("model=tiny", "data.n_train=16", "data.n_val=4", "data.max_seq_len=160"))
-    model_dir = resolve_model_dir(rc.model, hermetic_cache)
-    tokenizer = load_tokenizer(model_dir)
-    train, _, _ = build_datasets(rc.data, tokenizer, hermetic_cache)
-    model = build_model(model_dir, rc.model, rc.lora, torch.float32)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()  # no LoRA dropout: packed and unpacked see the same weights
-    return model, tokenizer, train
 
 
 def test_best_fit_decreasing_places_every_example_once_within_capacity() -> None:
@@ -65,8 +47,8 @@ def logits_alone(model, example: dict) -> torch.Tensor:
 
 # flex_attention compiles its block mask: ~35 s on CPU.
 @pytest.mark.parametrize("attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
-def test_a_packed_chat_has_its_logits_alone(tiny, attn: str) -> None:
-    model, tokenizer, train = tiny
+def test_a_packed_chat_has_its_logits_alone(tiny_random_lora, attn: str) -> None:
+    model, tokenizer, train = tiny_random_lora
     model.base_model.model.set_attn_implementation(attn)
     a, b = train[0], train[1]
     batch = PackCollator(tokenizer.pad_token_id)([[a, b]])
@@ -85,8 +67,8 @@ def test_a_packed_chat_has_its_logits_alone(tiny, attn: str) -> None:
     model.base_model.model.set_attn_implementation("sdpa")
 
 
-def test_a_packed_batch_with_an_attention_mask_is_refused(tiny) -> None:
-    model, tokenizer, train = tiny
+def test_a_packed_batch_with_an_attention_mask_is_refused(tiny_random_lora) -> None:
+    model, tokenizer, train = tiny_random_lora
     batch = PackCollator(tokenizer.pad_token_id)([[train[0], train[1]]])
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     with pytest.raises(ValueError, match="must not carry an attention_mask"):
@@ -102,8 +84,8 @@ def lora_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), grads
 
 
-def test_packed_loss_and_lora_grads_equal_unpacked(tiny) -> None:
-    model, tokenizer, train = tiny
+def test_packed_loss_and_lora_grads_equal_unpacked(tiny_random_lora) -> None:
+    model, tokenizer, train = tiny_random_lora
     chats = train[:8]
     rows = pack_examples(chats, 320)
     assert len(rows) < len(chats)  # something was packed
