@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks_md import replace_section  # bench/ is sys.path[0] when run as a script
+from timed_trainer import training_only_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_gpu:start -->", "<!-- bench_gpu:end -->"
@@ -131,7 +132,6 @@ def measure(args: argparse.Namespace, model_dir: str, variant: str) -> dict:
     from sweeplab.quiet import quiet_library_noise
 
     quiet_library_noise()  # before bitsandbytes is imported
-    import lightning as L
     from torch.utils.data import DataLoader
 
     from sweeplab.estimate import compose_run
@@ -151,20 +151,12 @@ def measure(args: argparse.Namespace, model_dir: str, variant: str) -> dict:
         loaded = torch.cuda.memory_allocated()
     steps = args.warmup + args.steps
     timer = StepTimer(args.warmup, device)
-    trainer = L.Trainer(
+    trainer = training_only_trainer(
+        steps,
+        [timer.callback()],
+        rc.trainer.grad_clip,
         accelerator="gpu" if on_gpu else "cpu",
-        devices=1,
         precision=rc.trainer.precision,
-        max_steps=steps,
-        logger=False,
-        callbacks=[timer.callback()],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=rc.trainer.grad_clip,
-        inference_mode=False,
     )
     vocab = model.get_input_embeddings().num_embeddings
     batches = random_batches(vocab, steps, args.batch_size, args.seq_len)

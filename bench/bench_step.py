@@ -27,6 +27,7 @@ from sweeplab.data import PadCollator, build_datasets
 from sweeplab.data.packing import PackCollator, pack_examples, packed_forward, real_tokens
 from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
 from sweeplab.module import QLoRAModule, build_optimizer, build_scheduler
+from timed_trainer import training_only_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_step:start -->", "<!-- bench_step:end -->"
@@ -52,21 +53,7 @@ def sweeplab_step(rc: RunConfig, model_dir: str, batches: list, warmup: int) -> 
     torch.manual_seed(rc.seed)
     module = QLoRAModule(build_model(model_dir, rc.model, rc.lora, torch.float32), rc.optim, len(batches))
     timer = StepTimer(warmup)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=len(batches),
-        logger=False,
-        callbacks=[timer],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=rc.trainer.grad_clip,
-        inference_mode=False,
-    )
+    trainer = training_only_trainer(len(batches), [timer], rc.trainer.grad_clip)
     trainer.fit(module, DataLoader(batches, batch_size=None))
     return timer.tokens / timer.seconds
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timed_trainer import training_only_trainer  # bench/ is sys.path[0] when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_trl:start -->", "<!-- bench_trl:end -->"
 ARMS = ("trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "sweeplab-packed")
@@ -114,21 +116,7 @@ def run_sweeplab(args, packed: bool) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             clock.end(float(outputs["loss"]))
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=args.steps,
-        logger=False,
-        callbacks=[Timer()],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=rc.trainer.grad_clip,
-        inference_mode=False,
-    )
+    trainer = training_only_trainer(args.steps, [Timer()], rc.trainer.grad_clip)
     trainer.fit(module, loader)
     return clock.result() | {"val_loss": val_loss(model, val, tokenizer.pad_token_id)}
 
