@@ -1,9 +1,12 @@
-"""Useful tokens/s and val loss, sweeplab vs TRL's SFTTrainer: same 4-bit model, LoRA, data, batch, steps.
+"""Useful tokens/s and val loss, sweeplab vs TRL's SFTTrainer: same 4-bit model, LoRA, chats, batch, epoch.
 
     .venv/bin/python bench/bench_trl.py --out BENCHMARKS.md              # smollm2-135m; `make bench-trl`
     .venv/bin/python bench/bench_trl.py --model base --steps 20 --rounds 3   # seconds per arm: overhead only
 
-Each arm-round runs in its own process (no arm inherits another's allocations or warm caches); the arms
+Every arm of a round trains one epoch over the same chats (steps x batch of them, drawn by the round's
+seed), so all arms process the same useful tokens and their val losses compare like for like: padded arms
+take `batch` chats per step, packed arms as many rows as finish the epoch in `steps` steps. Each
+arm-round runs in its own process (no arm inherits another's allocations or warm caches); the arms
 rotate their order every round so machine drift hits all of them, and each arm reports the median over
 rounds. Useful tokens are the non-pad tokens of a batch; timing runs from the start of the second
 optimizer step to the end of the last (the first pays one-off allocation costs), data loading included
@@ -16,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -32,7 +36,8 @@ ARMS = ("trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "swee
 
 # --- one arm, in a child process ---------------------------------------------------------------------
 def setup(args):
-    """Config, tokenizer and tokenized chats exactly as `python -m sweeplab.train` would build them."""
+    """Config, tokenizer, this round's training chats and the val chats, as `python -m sweeplab.train`
+    tokenizes them; the round's seed draws the chats and seeds LoRA's init."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -55,14 +60,15 @@ def setup(args):
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     tokenizer = load_tokenizer(model_dir)
     train_set, val_set, _ = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))
-    torch.manual_seed(rc.seed)
-    return rc, model_dir, tokenizer, list(train_set), list(val_set)
+    seed = rc.seed + args.round
+    chats = random.Random(seed).sample(list(train_set), args.steps * args.batch)
+    torch.manual_seed(seed)
+    return rc, model_dir, tokenizer, chats, list(val_set), seed
 
 
-def rows_per_step(train: list[dict], batch: int, max_seq_len: int) -> int:
-    """Packed rows per step holding about `batch` chats' tokens, so every arm trains on as much per step."""
-    mean_len = statistics.mean(len(ex["input_ids"]) for ex in train)
-    return max(1, round(batch * mean_len / max_seq_len))
+def rows_per_step(rows: int, steps: int) -> int:
+    """Packed rows per step that finish the epoch in `steps` steps (the last one may hold fewer)."""
+    return max(1, math.ceil(rows / steps))
 
 
 def val_loss(model, val: list[dict], pad_id: int) -> float:
@@ -94,19 +100,20 @@ def run_sweeplab(args, packed: bool) -> dict:
     from sweeplab.model import build_model
     from sweeplab.module import QLoRAModule
 
-    rc, model_dir, tokenizer, train, val = setup(args)
+    rc, model_dir, tokenizer, train, val, seed = setup(args)
     rows, collate, batch = train, PadCollator(tokenizer.pad_token_id), args.batch
     if packed:
         rows = pack_examples(train, args.max_seq_len)
-        collate, batch = (
-            PackCollator(tokenizer.pad_token_id),
-            rows_per_step(train, args.batch, args.max_seq_len),
-        )
+        collate, batch = PackCollator(tokenizer.pad_token_id), rows_per_step(len(rows), args.steps)
     loader = DataLoader(
-        rows, batch_size=batch, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0)
+        rows,
+        batch_size=batch,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
     )
     model = build_model(model_dir, rc.model, rc.lora, torch.float32)
-    module = QLoRAModule(model, rc.optim, args.steps)
+    module = QLoRAModule(model, rc.optim, len(loader))
     clock = StepClock()
 
     class Timer(L.Callback):
@@ -116,7 +123,7 @@ def run_sweeplab(args, packed: bool) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             clock.end(float(outputs["loss"]))
 
-    trainer = training_only_trainer(args.steps, [Timer()], rc.trainer.grad_clip)
+    trainer = training_only_trainer(len(loader), [Timer()], rc.trainer.grad_clip)  # one epoch
     trainer.fit(module, loader)
     return clock.result() | {"val_loss": val_loss(model, val, tokenizer.pad_token_id)}
 
@@ -128,9 +135,10 @@ def run_trl(args, mode: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from sweeplab.data.packing import pack_examples
     from sweeplab.model import load_quantized, peft_lora_config
 
-    rc, model_dir, tokenizer, train, val = setup(args)
+    rc, model_dir, tokenizer, train, val, seed = setup(args)
     # Built from an Arrow table with a fingerprint given: Dataset.from_dict hashes its features with dill to
     # make one, which fails on pyarrow types with these pins ("Can't pickle <class 'MonthDayNano'>").
     data = Dataset(
@@ -138,11 +146,14 @@ def run_trl(args, mode: str) -> dict:
         fingerprint=f"sweeplab-bench-trl-{args.model}-{len(train)}",
     )
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
-        batch = rows_per_step(train, args.batch, args.max_seq_len) if mode == "packed" else args.batch
+        # TRL packs the same chats itself (bfd, as sweeplab): as many rows per step as sweeplab takes.
+        rows = len(pack_examples(train, args.max_seq_len))
+        batch = rows_per_step(rows, args.steps) if mode == "packed" else args.batch
+        steps = math.ceil(rows / batch) if mode == "packed" else args.steps
         config = SFTConfig(
             output_dir=out,  # nothing is saved there (save_strategy="no")
             per_device_train_batch_size=batch,
-            max_steps=args.steps,
+            num_train_epochs=1,  # one epoch over the round's chats, as the sweeplab arms
             learning_rate=rc.optim.lr,
             weight_decay=rc.optim.weight_decay,
             adam_beta1=rc.optim.betas[0],
@@ -150,13 +161,13 @@ def run_trl(args, mode: str) -> dict:
             adam_epsilon=rc.optim.eps,
             lr_scheduler_type="cosine_with_min_lr",
             lr_scheduler_kwargs={"min_lr_rate": rc.optim.min_lr_ratio},
-            warmup_steps=rc.optim.warmup_for(args.steps),  # an int: a float < 1 would be a ratio
+            warmup_steps=rc.optim.warmup_for(steps),  # an int: a float < 1 would be a ratio
             max_grad_norm=rc.trainer.grad_clip,
             gradient_checkpointing=rc.model.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
             use_cpu=True,
             bf16=False,
-            seed=rc.seed,
+            seed=seed,
             logging_steps=1,
             report_to="none",
             save_strategy="no",
@@ -218,9 +229,13 @@ class StepClock:
         self.batches: list[tuple[int, int]] = []  # (useful, processed) per collated batch, in order
         self.losses: list[float] = []
         self.useful = self.processed = 0
+        self.epoch_tokens = (
+            0  # useful tokens of every step, the first included: equal for all arms of a round
+        )
         self.start = self.stop = 0.0
 
     def begin(self, step: int, useful: int, processed: int) -> None:
+        self.epoch_tokens += useful
         if step == 1:
             self.start = time.perf_counter()
         if step >= 1:
@@ -237,6 +252,7 @@ class StepClock:
         return {
             "useful_tokens": self.useful,
             "processed_tokens": self.processed,
+            "epoch_tokens": self.epoch_tokens,
             "seconds": seconds,
             "tokens_per_s": self.useful / seconds if seconds > 0 else 0.0,
             "train_loss": self.losses[-1] if self.losses else math.nan,
@@ -257,7 +273,7 @@ def child(args, arm: str, out: Path) -> dict:
 
 
 def forwarded(args) -> list[str]:
-    keys = ("model", "steps", "batch", "max_seq_len", "n_val", "lr")
+    keys = ("model", "steps", "batch", "max_seq_len", "n_val", "lr", "round")
     return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
 
 
@@ -267,6 +283,7 @@ def race(args) -> dict[str, list[dict]]:
         for r in range(args.rounds):
             order = args.arms[r % len(args.arms) :] + args.arms[: r % len(args.arms)]
             for arm in order:
+                args.round = r
                 res = child(args, arm, Path(tmp) / f"{arm}-{r}.json")
                 results[arm].append(res)
                 print(
@@ -329,11 +346,14 @@ def write_section(args, path: Path, body: str, line: str) -> None:
 
 `python bench/bench_trl.py --model {args.model} --steps {args.steps} --rounds {args.rounds}`: the same 4-bit
 `{args.model}` base, LoRA (the run's `lora` config), tokenized tool-call chats with assistant-only labels,
-AdamW at lr {args.lr} with 1 warmup step then cosine, grad clip, fp32 on CPU, {args.steps} steps per arm of
-{args.batch} chats (max {args.max_seq_len} tokens; packed arms take as many rows of {args.max_seq_len} as hold
-about {args.batch} chats' tokens). One process per arm and round, arms rotating order each round. Useful
-tokens/s: non-pad tokens over the time from the second step's start to the last step's end. Val loss: the
-same assistant-token cross-entropy on the same {args.n_val} val chats after the last step. TRL arms:
+AdamW at lr {args.lr} with 1 warmup step then cosine, grad clip, fp32 on CPU. Each round draws
+{args.steps * args.batch} training chats (max {args.max_seq_len} tokens) with its own seed, and every arm
+trains one epoch over exactly those: padded arms {args.steps} steps of {args.batch} chats, packed arms as
+many rows of {args.max_seq_len} per step as finish the epoch in {args.steps} steps. So every arm of a round
+processes the same useful tokens, and its val loss (the same assistant-token cross-entropy on the same
+{args.n_val} val chats after the epoch) is comparable. One process per arm and round, arms rotating order
+each round. Useful tokens/s: non-pad tokens over the time from the second step's start to the last
+step's end. LoRA dropout as configured (sweeplab draws its CPU mask with `FastCPUDropout`). TRL arms:
 padded, `padding_free=True`, `packing=True` (bfd); TRL's own QLoRA cast of the adapters to bf16 is undone
 so both trainers compute in fp32. TRL 1.16 already runs its LM head only at labelled positions (its fused
 head), as sweeplab's step does; both use gradient checkpointing.
@@ -360,6 +380,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update")
+    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)  # seeds the round's chats
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)  # child mode: run one arm
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

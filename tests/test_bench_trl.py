@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(model="tiny", steps=2, batch=4, max_seq_len=256, n_val=4, lr=1e-3)
+ARMS = ["trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "sweeplab-packed"]
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +26,27 @@ def bench(hermetic_cache: Path):
         sys.path.remove(str(ROOT / "bench"))
 
 
-@pytest.mark.parametrize(
-    "arm", ["trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "sweeplab-packed"]
-)
-def test_every_arm_trains_and_counts_its_useful_tokens(bench, arm: str) -> None:
-    result = bench.run_arm(argparse.Namespace(arm=arm, **ARGS))
+@pytest.fixture(scope="module")
+def results(bench) -> dict[str, dict]:
+    return {arm: bench.run_arm(argparse.Namespace(arm=arm, round=0, **ARGS)) for arm in ARMS}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_arm_trains_and_counts_its_useful_tokens(results, arm: str) -> None:
+    result = results[arm]
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
     assert 4.0 < result["val_loss"] < 12.0  # a cross-entropy over a 4k vocabulary, not a 0 from no labels
     assert 0 < result["useful_tokens"] <= result["processed_tokens"]
     assert result["seconds"] > 0 and result["tokens_per_s"] > 0
     if arm.endswith(("padding-free", "packed")) and arm.startswith("trl"):
         assert result["useful_tokens"] == result["processed_tokens"]  # flattened: no pad token at all
+
+
+def test_every_arm_of_a_round_trains_one_epoch_over_the_same_chats(bench, results) -> None:
+    """Same useful tokens in every arm: the losses compare like for like, and so do the speeds."""
+    assert len({r["epoch_tokens"] for r in results.values()}) == 1
+    other_round = bench.run_arm(argparse.Namespace(arm="sweeplab-padded", round=1, **ARGS))
+    assert other_round["epoch_tokens"] != results["sweeplab-padded"]["epoch_tokens"]  # its own chats
 
 
 def test_the_table_and_verdict_name_each_arm(bench) -> None:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from sweeplab import reuse
 from sweeplab.config import TARGET_SETS, LoraConfig, ModelConfig
 from sweeplab.errors import ConfigError
+from sweeplab.lora_dropout import use_fast_dropout
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def wrap_lora(model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: 
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, peft_config)
+    use_fast_dropout(peft_model)  # the same dropout; its CPU mask was 17% of a SmolLM2 step
     peft_model.train()  # from_pretrained leaves eval mode; dropout and the repack guard need train
     return peft_model
 

@@ -13,6 +13,7 @@ import optuna
 
 TRIAL_ENV = "SWEEPLAB_TRIAL_ID"
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in every sweep worker: it runs trials and spawns no workers
+_storages: dict[tuple[str, float], Any] = {}  # (url, timeout) -> the storage this process's trials use
 PRUNERS = {
     "none": optuna.pruners.NopPruner,
     "median": optuna.pruners.MedianPruner,
@@ -49,7 +50,10 @@ def trial_from_env(sweeper_cfg: Any, max_steps: int | None = None) -> optuna.Tri
     from sweeplab.storage_retry import RetryingRDBStorage
 
     # The sweeper's own storage settings: a database restart during training costs this job nothing.
-    timeout = sweeper_cfg.get("storage_timeout", 180)
-    storage = RetryingRDBStorage(str(sweeper_cfg.storage), timeout=timeout)
+    key = (str(sweeper_cfg.storage), sweeper_cfg.get("storage_timeout", 180))
+    if key not in _storages:  # a worker's trials share one: its engine took ~20 ms to build per trial
+        _storages.clear()
+        _storages[key] = RetryingRDBStorage(key[0], timeout=key[1])
+    storage = _storages[key]
     study = optuna.load_study(study_name=sweeper_cfg.study_name, storage=storage, pruner=pruner)
     return optuna.Trial(study, int(trial_id))

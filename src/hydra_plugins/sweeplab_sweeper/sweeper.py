@@ -63,6 +63,7 @@ warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental",
 
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
 RECIPE_OVERRIDES = "recipe_overrides"
+FIXED_ATTR = "fixed"  # a trial's values of the keys the sweep does not search (the command's overrides)
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 
 
@@ -100,6 +101,22 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         seed = self.sampler_cfg.get("seed")
         kwargs = {"seed": (seed * 1_000_003 + n) % 2**32} if seed is not None else {}
         return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=SAMPLER_WHITELIST)
+
+    def _configure_trials(self, trials, search_space_distributions, fixed_params, fixed_overrides):
+        """Upstream's, with the fixed values stored as one user attr: upstream stores each (every
+        command-line override is one), a commit apiece: 15 on the quick bench, ~20 ms per trial."""
+        overrides = []
+        for trial in trials:
+            for name, distribution in search_space_distributions.items():
+                trial._suggest(name, distribution)
+            if self.custom_search_space_extender:
+                self.custom_search_space_extender(self.config, trial)
+                if overlap := trial.params.keys() & fixed_params.keys():
+                    raise ValueError(f"the custom search space suggests fixed keys: {sorted(overlap)}")
+            trial.set_user_attr(FIXED_ATTR, dict(fixed_params))
+            params = {**trial.params, **fixed_params}
+            overrides.append(tuple(f"{name}={val}" for name, val in params.items()) + tuple(fixed_overrides))
+        return overrides
 
     def sweep(self, arguments: list[str]) -> None:
         install_log_redaction()  # the launcher logs every job's overrides, a storage URL among them

@@ -129,9 +129,10 @@ def shell_value(value: Any) -> str:
 
 def best_command(study: optuna.Study, best: FrozenTrial) -> str:
     base = study.user_attrs.get("command") or DEFAULT_COMMAND
-    # the space's fixed values, the drawn params, then a recipe's own keys: later ones win
+    # the fixed values the trial ran with (the study's, for trials stored before each kept its own), the
+    # drawn params, then a recipe's own keys: later ones win
     values = {
-        **study.user_attrs.get("fixed", {}),
+        **best.user_attrs.get("fixed", study.user_attrs.get("fixed", {})),
         **best.params,
         **best.user_attrs.get("recipe_overrides", {}),
     }
