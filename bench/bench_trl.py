@@ -229,9 +229,8 @@ class StepClock:
         self.batches: list[tuple[int, int]] = []  # (useful, processed) per collated batch, in order
         self.losses: list[float] = []
         self.useful = self.processed = 0
-        self.epoch_tokens = (
-            0  # useful tokens of every step, the first included: equal for all arms of a round
-        )
+        # useful tokens of every step, the first included: equal for all arms of a round
+        self.epoch_tokens = 0
         self.start = self.stop = 0.0
 
     def begin(self, step: int, useful: int, processed: int) -> None:
