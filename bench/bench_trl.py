@@ -31,7 +31,14 @@ from timed_trainer import training_only_trainer  # bench/ is sys.path[0] when ru
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_trl:start -->", "<!-- bench_trl:end -->"
-ARMS = ("trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "sweeplab-packed")
+ARMS = (
+    "trl-padded",
+    "trl-padding-free",
+    "trl-packed",
+    "sweeplab-padded",
+    "sweeplab-padding-free",
+    "sweeplab-packed",
+)
 
 
 # --- one arm, in a child process ---------------------------------------------------------------------
@@ -90,19 +97,21 @@ def val_loss(model, val: list[dict], pad_id: int) -> float:
     return total / count
 
 
-def run_sweeplab(args, packed: bool) -> dict:
+def run_sweeplab(args, mode: str) -> dict:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
 
     from sweeplab.data import PadCollator
-    from sweeplab.data.packing import PackCollator, pack_examples, real_tokens
+    from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples, real_tokens
     from sweeplab.model import build_model
     from sweeplab.module import QLoRAModule
 
     rc, model_dir, tokenizer, train, val, seed = setup(args)
     rows, collate, batch = train, PadCollator(tokenizer.pad_token_id), args.batch
-    if packed:
+    if mode == "padding-free":  # data.padding_free: the padded batches, each one row
+        collate = PaddingFreeCollator(tokenizer.pad_token_id)
+    if mode == "packed":
         rows = pack_examples(train, args.max_seq_len)
         collate, batch = PackCollator(tokenizer.pad_token_id), rows_per_step(len(rows), args.steps)
     loader = DataLoader(
@@ -260,7 +269,7 @@ class StepClock:
 
 def run_arm(args) -> dict:
     trainer, _, mode = args.arm.partition("-")
-    return run_trl(args, mode) if trainer == "trl" else run_sweeplab(args, packed=mode == "packed")
+    return run_trl(args, mode) if trainer == "trl" else run_sweeplab(args, mode)
 
 
 # --- the race, in the parent process -----------------------------------------------------------------
@@ -318,20 +327,43 @@ def table(results: dict[str, list[dict]], med: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def verdict(med: dict[str, dict]) -> str:
-    """sweeplab's best arm over TRL's best arm, by median useful tokens/s."""
-    best = {
-        side: max((a for a in med if a.startswith(side)), key=lambda a: med[a]["tokens_per_s"], default=None)
-        for side in ("sweeplab", "trl")
-    }
-    if None in best.values():
+LOSS_TOLERANCE = 0.01  # nats: "equal" val loss, the same chats seen in another order
+
+
+def loss_gap(results: dict[str, list[dict]], ours: str, theirs: str) -> float:
+    """Mean over rounds of ours' val loss minus theirs' (paired: a round's arms saw the same chats)."""
+    pairs = zip(results[ours], results[theirs], strict=True)
+    return statistics.mean(a["val_loss"] - b["val_loss"] for a, b in pairs)
+
+
+def verdict(results: dict[str, list[dict]], med: dict[str, dict]) -> str:
+    """sweeplab's fastest arm at a val loss no worse than TRL's fastest arm's, over that arm."""
+    fastest = lambda arms: max(arms, key=lambda a: med[a]["tokens_per_s"], default=None)  # noqa: E731
+    theirs = fastest([a for a in med if a.startswith("trl")])
+    sweeplab = [a for a in med if a.startswith("sweeplab")]
+    if theirs is None or not sweeplab:
         return ""
-    ours, theirs = med[best["sweeplab"]], med[best["trl"]]
-    return (
-        f"**sweeplab / TRL best: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x** "
-        f"({best['sweeplab']} {ours['tokens_per_s']:.1f} vs {best['trl']} {theirs['tokens_per_s']:.1f} "
-        f"useful tokens/s; val loss {ours['val_loss']:.4f} vs {theirs['val_loss']:.4f})."
-    )
+    fair = [a for a in sweeplab if loss_gap(results, a, theirs) <= LOSS_TOLERANCE]
+    lines = []
+    if fair:
+        ours = fastest(fair)
+        lines.append(
+            f"**sweeplab / TRL best at equal or better loss: "
+            f"{med[ours]['tokens_per_s'] / med[theirs]['tokens_per_s']:.2f}x** ({ours} "
+            f"{med[ours]['tokens_per_s']:.1f} vs {theirs} {med[theirs]['tokens_per_s']:.1f} useful tokens/s; "
+            f"val loss {loss_gap(results, ours, theirs):+.4f} against it, mean of the rounds' paired runs; "
+            f"equal means within {LOSS_TOLERANCE})."
+        )
+    else:
+        lines.append(f"**No sweeplab arm reached the val loss of TRL's fastest arm ({theirs}).**")
+    for arm in sweeplab:
+        peer = "trl-" + arm.split("-", 1)[1]
+        if peer in med:
+            lines.append(
+                f"{arm} / {peer}: {med[arm]['tokens_per_s'] / med[peer]['tokens_per_s']:.2f}x, "
+                f"val loss {loss_gap(results, arm, peer):+.4f}."
+            )
+    return "\n".join(lines)
 
 
 def write_section(args, path: Path, body: str, line: str) -> None:
@@ -371,8 +403,8 @@ def main() -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="model config choice (smollm2-135m, base, tiny)"
     )
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first is untimed)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="padded steps per epoch (the first is untimed)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="chats per step")
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--n-val", type=int, default=32, help="val chats the final loss is measured on")
@@ -389,7 +421,7 @@ def main() -> None:
         return
     results = race(args)
     med = summary(results)
-    body, line = table(results, med), verdict(med)
+    body, line = table(results, med), verdict(results, med)
     print(body, line, sep="\n")
     if args.out:
         write_section(args, args.out, body, line)

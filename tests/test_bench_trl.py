@@ -12,7 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(model="tiny", steps=2, batch=4, max_seq_len=256, n_val=4, lr=1e-3)
-ARMS = ["trl-padded", "trl-padding-free", "trl-packed", "sweeplab-padded", "sweeplab-packed"]
+ARMS = [
+    "trl-padded",
+    "trl-padding-free",
+    "trl-packed",
+    "sweeplab-padded",
+    "sweeplab-padding-free",
+    "sweeplab-packed",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def test_every_arm_trains_and_counts_its_useful_tokens(results, arm: str) -> Non
     assert 4.0 < result["val_loss"] < 12.0  # a cross-entropy over a 4k vocabulary, not a 0 from no labels
     assert 0 < result["useful_tokens"] <= result["processed_tokens"]
     assert result["seconds"] > 0 and result["tokens_per_s"] > 0
-    if arm.endswith(("padding-free", "packed")) and arm.startswith("trl"):
+    if arm.endswith("padding-free") or arm == "trl-packed":
         assert result["useful_tokens"] == result["processed_tokens"]  # flattened: no pad token at all
 
 
@@ -53,12 +60,21 @@ def test_the_table_and_verdict_name_each_arm(bench) -> None:
     def run(speed: float, loss: float) -> dict:
         return {"tokens_per_s": speed, "val_loss": loss, "useful_tokens": 90, "processed_tokens": 100}
 
-    results = {"trl-padded": [run(10, 2.0), run(12, 2.0)], "sweeplab-packed": [run(30, 1.9), run(24, 1.9)]}
+    results = {
+        "trl-padded": [run(10, 2.0), run(12, 2.0)],
+        "trl-packed": [run(16, 1.8), run(16, 1.9)],
+        "sweeplab-padded": [run(20, 1.81), run(22, 1.9)],
+        "sweeplab-packed": [run(30, 1.9), run(24, 1.9)],  # faster, but 0.05 worse than trl-packed
+    }
     med = bench.summary(results)
     table = bench.table(results, med)
     assert "| trl-padded | 10.0 / 12.0 | 11.0 | 0.90 | 2.0000 |" in table
     assert "| sweeplab-packed | 30.0 / 24.0 | 27.0 |" in table
-    assert bench.verdict(med).startswith("**sweeplab / TRL best: 2.45x**")
+    line = bench.verdict(results, med)
+    assert line.startswith("**sweeplab / TRL best at equal or better loss: 1.31x** (sweeplab-padded 21.0 vs ")
+    assert "sweeplab-packed / trl-packed: 1.69x, val loss +0.0500." in line
+    results["sweeplab-padded"] = [run(20, 1.9), run(22, 2.0)]
+    assert bench.verdict(results, bench.summary(results)).startswith("**No sweeplab arm reached")
 
 
 @pytest.mark.slow

@@ -11,7 +11,13 @@ import torch
 from sweeplab.base import build_tokenizer, corpus_text
 from sweeplab.config import validate
 from sweeplab.data import PadCollator, build_datasets
-from sweeplab.data.packing import PackCollator, best_fit_decreasing, pack_examples, packed_forward
+from sweeplab.data.packing import (
+    PackCollator,
+    PaddingFreeCollator,
+    best_fit_decreasing,
+    pack_examples,
+    packed_forward,
+)
 from sweeplab.data.tokenize import IGNORE
 from sweeplab.resume import EpochSeededSampler
 from tests.conftest import TINY, make_cfg, run_train
@@ -97,6 +103,23 @@ def test_packed_loss_and_lora_grads_equal_unpacked(tiny_random_lora) -> None:
         torch.testing.assert_close(grads_p[name], grads_u[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_a_padding_free_batch_has_the_padded_batch_loss_and_lora_grads(tiny_random_lora) -> None:
+    """data.padding_free: the padded run's batch as one row, every pad token gone, the same step."""
+    model, tokenizer, train = tiny_random_lora
+    chats = train[:6]
+    padded = PadCollator(tokenizer.pad_token_id)(chats)
+    row = PaddingFreeCollator(tokenizer.pad_token_id)(chats)
+    assert (
+        row["input_ids"].shape == (1, sum(len(c["input_ids"]) for c in chats)) and "attention_mask" not in row
+    )
+    assert int(row["real_tokens"]) == int(padded["attention_mask"].sum()) < padded["input_ids"].numel()
+    loss_u, grads_u = lora_grads(model, padded)
+    loss_f, grads_f = lora_grads(model, row)
+    assert loss_f == pytest.approx(loss_u, abs=1e-5)
+    for name in grads_u:
+        torch.testing.assert_close(grads_f[name], grads_u[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def useful_fraction(rows: list, collate, batch_size: int) -> float:
     real = processed = 0
     for start in range(0, len(rows), batch_size):
@@ -148,12 +171,20 @@ def test_group_by_length_with_packing_is_refused() -> None:
         validate(make_cfg("data.packing=true", "data.group_by_length=true"))
 
 
-@pytest.mark.parametrize("data", ["data.packing=true", "data.group_by_length=true"])
+@pytest.mark.parametrize("other", ["packing", "group_by_length"])
+def test_padding_free_with_another_way_to_drop_padding_is_refused(other: str) -> None:
+    with pytest.raises(Exception, match=f"data.padding_free and data.{other} both drop padding"):
+        validate(make_cfg("data.padding_free=true", f"data.{other}=true"))
+
+
+@pytest.mark.parametrize("data", ["data.packing=true", "data.group_by_length=true", "data.padding_free=true"])
 def test_a_run_stores_its_useful_fraction(tmp_path: Path, data: str) -> None:
     result = run_train(*TINY, data, "run_name=p", output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "p" / "metrics.json").read_text())
     assert 0.5 < metrics["data/useful_fraction"] <= 1.0
+    if data == "data.padding_free=true":
+        assert metrics["data/useful_fraction"] == 1.0
 
 
 @pytest.mark.slow

@@ -215,6 +215,9 @@ class DataConfig(Schema):
     # packing=false: batches drawn from the seeded shuffle's windows of 50 batches, sorted by length, to
     # cut padding. Off by default: it changes every default run's batches (and their results).
     group_by_length: bool = False
+    # The padded batches, each collated into one row of its chats (position_ids restarting per chat): the
+    # same batches, loss and gradients as padded training, with no pad token computed. Validation is padded.
+    padding_free: bool = False
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataConfig:
@@ -235,6 +238,12 @@ class DataConfig(Schema):
             raise ValueError(
                 "data.group_by_length applies to padded batches; with data.packing=true rows are always "
                 "batched by length: set one of them to false"
+            )
+        if self.padding_free and (self.packing or self.group_by_length):
+            other = "packing" if self.packing else "group_by_length"
+            raise ValueError(
+                f"data.padding_free and data.{other} both drop padding (padding_free keeps the padded run's "
+                f"batches; {other} changes them): set one of them to false"
             )
         if self.test_path and self.source != "jsonl":
             raise ValueError("data.test_path holds chats: it needs data=jsonl")

@@ -91,7 +91,7 @@ def fit(
 
     from sweeplab.data import PadCollator, build_datasets
     from sweeplab.data.datasets import cache_key
-    from sweeplab.data.packing import PackCollator, pack_examples
+    from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples
     from sweeplab.distributed import (
         broadcast_from_rank_zero,
         build_strategy,
@@ -151,6 +151,8 @@ def fit(
         )
     elif rc.data.group_by_length:
         lengths = [len(ex["input_ids"]) for ex in train_set]
+    elif rc.data.padding_free:
+        train_collate = PaddingFreeCollator(tokenizer.pad_token_id)
     # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.
     sampler = EpochSeededSampler(len(train_rows), rc.data.seed, lengths, rc.data.batch_size)
     train_loader = DataLoader(

@@ -80,6 +80,17 @@ class PackCollator:
         }
 
 
+class PaddingFreeCollator:
+    """A batch of chats -> one row of them all (data.padding_free): the batches, loss and gradients of
+    padded training, without a pad token. TRL's padding_free does the same; a row may pass max_seq_len."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pack = PackCollator(pad_id)
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        return self.pack([batch])
+
+
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | bool]:
     """The model's keyword arguments (labels aside) for a padded or packed batch; a packed one with a mask
     is refused. No KV cache either way: training never reads it, and a packed batch must not build one."""
