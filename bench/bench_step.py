@@ -4,7 +4,8 @@
 
 Both sides run in this one process, alternating A/B then B/A each round, so machine noise hits both;
 the result is the median of per-round ratios, never an absolute figure to assert on. Measured padded
-(data.packing=false) and packed (data.packing=true: batch_size rows of max_seq_len). The bare loop takes
+(data.packing=false), padding-free (data.padding_free=true: the padded layout's batches, one row each)
+and packed (data.packing=true: batch_size rows of max_seq_len). The bare loop takes
 the model's own loss (full logits); sweeplab's step projects only labelled positions through the head.
 """
 
@@ -24,7 +25,13 @@ from torch.utils.data import DataLoader
 from benchmarks_md import cpu_name, replace_section  # bench/ is sys.path[0] when run as a script
 from sweeplab.config import RunConfig, validate
 from sweeplab.data import PadCollator, build_datasets
-from sweeplab.data.packing import PackCollator, pack_examples, packed_forward, real_tokens
+from sweeplab.data.packing import (
+    PackCollator,
+    PaddingFreeCollator,
+    pack_examples,
+    packed_forward,
+    real_tokens,
+)
 from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
 from sweeplab.module import QLoRAModule, build_optimizer, build_scheduler
 from timed_trainer import training_only_trainer
@@ -85,7 +92,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--layouts", nargs="+", choices=["padded", "packed"], default=["padded", "packed"])
+    layouts = ["padded", "padding-free", "packed"]
+    parser.add_argument("--layouts", nargs="+", choices=layouts, default=layouts)
     parser.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update")
     args = parser.parse_args()
 
@@ -97,6 +105,10 @@ def main() -> None:
     n = args.warmup + args.steps
     layouts = {
         "padded": first_batches(train_set, PadCollator(tokenizer.pad_token_id), rc.data.batch_size, n),
+        # the same chats per batch as padded (same rows, same shuffle), each batch one row
+        "padding-free": first_batches(
+            train_set, PaddingFreeCollator(tokenizer.pad_token_id), rc.data.batch_size, n
+        ),
         "packed": first_batches(
             pack_examples(train_set, rc.data.max_seq_len),
             PackCollator(tokenizer.pad_token_id),
@@ -159,7 +171,8 @@ def write_section(args, rc: RunConfig, runs: dict[str, tuple[dict, dict, list[fl
 
 `python bench/bench_step.py --model {args.model}`: the same 4-bit `{args.model}` base with LoRA
 r={rc.lora.r} ({rc.lora.targets}), the same {args.warmup + args.steps} batches of {rc.data.batch_size}
-tool-call chats (padded) or {rc.data.batch_size} rows of <= {rc.data.max_seq_len} tokens (packed), AdamW +
+tool-call chats (padded; padding-free: the same batches, each one row) or {rc.data.batch_size} rows of
+<= {rc.data.max_seq_len} tokens (packed), AdamW +
 warmup/cosine + grad clip {rc.trainer.grad_clip}, fp32 on CPU; {args.warmup} untimed warmup steps;
 {args.rounds} rounds alternating the order. sweeplab = `QLoRAModule` under a Lightning `Trainer` (loss
 from the LM head at labelled positions only); bare = a hand-written loop over the same model taking

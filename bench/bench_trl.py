@@ -3,9 +3,10 @@
     .venv/bin/python bench/bench_trl.py --out BENCHMARKS.md              # smollm2-135m; `make bench-trl`
     .venv/bin/python bench/bench_trl.py --model base --steps 20 --rounds 3   # seconds per arm: overhead only
 
-Every arm of a round trains one epoch over the same chats (steps x batch of them, drawn by the round's
-seed), so all arms process the same useful tokens and their val losses compare like for like: padded arms
-take `batch` chats per step, packed arms as many rows as finish the epoch in `steps` steps. Each
+Every arm of a round trains one epoch over the same chats (steps x batch of them, drawn and shuffled by
+the round's seed), in that order, so all arms process the same useful tokens and their val losses compare
+like for like: padded and padding-free arms of both trainers take the same `batch` chats at each step,
+packed arms as many rows as finish the epoch in `steps` steps. Each
 arm-round runs in its own process (no arm inherits another's allocations or warm caches); the arms
 rotate their order every round so machine drift hits all of them, and each arm reports the median over
 rounds. Useful tokens are the non-pad tokens of a batch; timing runs from the start of the second
@@ -107,20 +108,14 @@ def run_sweeplab(args, mode: str) -> dict:
     from sweeplab.model import build_model
     from sweeplab.module import QLoRAModule
 
-    rc, model_dir, tokenizer, train, val, seed = setup(args)
+    rc, model_dir, tokenizer, train, val, _ = setup(args)
     rows, collate, batch = train, PadCollator(tokenizer.pad_token_id), args.batch
     if mode == "padding-free":  # data.padding_free: the padded batches, each one row
         collate = PaddingFreeCollator(tokenizer.pad_token_id)
     if mode == "packed":
         rows = pack_examples(train, args.max_seq_len)
         collate, batch = PackCollator(tokenizer.pad_token_id), rows_per_step(len(rows), args.steps)
-    loader = DataLoader(
-        rows,
-        batch_size=batch,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = DataLoader(rows, batch_size=batch, collate_fn=collate)  # in order, as TRL's arms take them
     model = build_model(model_dir, rc.model, rc.lora, torch.float32)
     module = QLoRAModule(model, rc.optim, len(loader))
     clock = StepClock()
@@ -183,6 +178,9 @@ def run_trl(args, mode: str) -> dict:
             eval_strategy="no",
             disable_tqdm=True,
             dataloader_num_workers=0,
+            # The round's chats come shuffled; both trainers take them in that order, so the padded and
+            # padding-free arms of both see the very same batches, step by step.
+            train_sampling_strategy="sequential",
             padding_free=mode == "padding-free",
             packing=mode == "packed",
             # padding_free without packing refuses a max_length; packing cuts rows at it.
