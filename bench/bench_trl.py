@@ -354,11 +354,12 @@ def verdict(results: dict[str, list[dict]], med: dict[str, dict]) -> str:
         )
     else:
         lines.append(f"**No sweeplab arm reached the val loss of TRL's fastest arm ({theirs}).**")
+    lines.append("")  # the like-for-like pairs, as a list below
     for arm in sweeplab:
         peer = "trl-" + arm.split("-", 1)[1]
         if peer in med:
             lines.append(
-                f"{arm} / {peer}: {med[arm]['tokens_per_s'] / med[peer]['tokens_per_s']:.2f}x, "
+                f"- {arm} / {peer}: {med[arm]['tokens_per_s'] / med[peer]['tokens_per_s']:.2f}x, "
                 f"val loss {loss_gap(results, arm, peer):+.4f}."
             )
     return "\n".join(lines)
@@ -375,12 +376,14 @@ def write_section(args, path: Path, body: str, line: str) -> None:
 
 `python bench/bench_trl.py --model {args.model} --steps {args.steps} --rounds {args.rounds}`: the same 4-bit
 `{args.model}` base, LoRA (the run's `lora` config), tokenized tool-call chats with assistant-only labels,
-AdamW at lr {args.lr} with 1 warmup step then cosine, grad clip, fp32 on CPU. Each round draws
-{args.steps * args.batch} training chats (max {args.max_seq_len} tokens) with its own seed, and every arm
-trains one epoch over exactly those: padded arms {args.steps} steps of {args.batch} chats, packed arms as
-many rows of {args.max_seq_len} per step as finish the epoch in {args.steps} steps. So every arm of a round
-processes the same useful tokens, and its val loss (the same assistant-token cross-entropy on the same
-{args.n_val} val chats after the epoch) is comparable. One process per arm and round, arms rotating order
+AdamW at lr {args.lr} with 1 warmup step then cosine, grad clip, fp32 on CPU. Each round draws and
+shuffles {args.steps * args.batch} training chats (max {args.max_seq_len} tokens) with its own seed, and
+every arm trains one epoch over exactly those, in that order: padded and padding-free arms {args.steps}
+steps of the same {args.batch} chats in both trainers, packed arms as many rows of {args.max_seq_len} per
+step as finish the epoch in {args.steps} steps (fewer, larger steps: their loss after one epoch is higher,
+and compares with the other packed arm). So every arm of a round processes the same useful tokens, and
+its val loss (the same assistant-token cross-entropy on the same {args.n_val} val chats after the epoch)
+pairs with the other trainer's. One process per arm and round, arms rotating order
 each round. Useful tokens/s: non-pad tokens over the time from the second step's start to the last
 step's end. LoRA dropout as configured (sweeplab draws its CPU mask with `FastCPUDropout`). TRL arms:
 padded, `padding_free=True`, `packing=True` (bfd); TRL's own QLoRA cast of the adapters to bf16 is undone
@@ -390,6 +393,7 @@ head), as sweeplab's step does; both use gradient checkpointing.
 {body}
 
 {line}
+
 Machine: {os.cpu_count()} cores, {cpu_name()}, shared with other jobs; torch {torch.__version__},
 trl {trl.__version__}; measured {time.strftime("%Y-%m-%d")}.
 {END}"""
