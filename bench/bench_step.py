@@ -176,7 +176,8 @@ tool-call chats (padded; padding-free: the same batches, each one row) or {rc.da
 warmup/cosine + grad clip {rc.trainer.grad_clip}, fp32 on CPU; {args.warmup} untimed warmup steps;
 {args.rounds} rounds alternating the order. sweeplab = `QLoRAModule` under a Lightning `Trainer` (loss
 from the LM head at labelled positions only); bare = a hand-written loop over the same model taking
-`model(..., labels=...).loss` (full logits). Tokens/s counts non-pad tokens.
+`model(..., labels=...).loss` (full logits). Tokens/s counts non-pad tokens. Both build the model with
+`sweeplab.model.build_model`, so both draw LoRA dropout's CPU mask with `FastCPUDropout`.
 
 | layout | loop | tokens/s per round | median |
 |---|---|---|---|
