@@ -297,3 +297,19 @@ def test_a_recipe_that_ties_the_best_is_called_a_tie(tmp_path: Path) -> None:
         study.tell(study.ask(SPACE), 0.5)
     lines = recipe_lines(study, study.trials, study.trials[1])
     assert lines == ["best ties qlora-toolcall at val/tool_exact 0.5000 (trial 0 and 1)"]
+
+
+def test_best_command_takes_the_fixed_values_the_best_trial_ran_with() -> None:
+    """The sweeper stores each trial's fixed values (the command's overrides) with it: a resumed sweep
+    may have changed one since the study stored its own."""
+    from sweeplab.report.table import best_command
+
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("fixed", {"model": "base", "data.batch_size": "8"})
+    trial = study.ask({"optim.lr": FloatDistribution(1e-5, 1e-2, log=True)})
+    trial.set_user_attr("fixed", {"model": "tiny", "data.batch_size": "8"})
+    study.tell(trial, 1.0)
+    assert "model=tiny data.batch_size=8 optim.lr=" in best_command(study, study.best_trial)
+    old = study.best_trial  # a copy: as a trial stored before trials kept their own
+    old.user_attrs.pop("fixed")
+    assert "model=base" in best_command(study, old)
