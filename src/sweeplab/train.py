@@ -87,11 +87,9 @@ def fit(
     """follower: a rank > 0 of a sweep's multi-device trial; it prunes when rank 0 (holding `trial`) does."""
     import lightning as L
     import torch
-    from torch.utils.data import DataLoader
 
-    from sweeplab.data import PadCollator, build_datasets
+    from sweeplab.data import build_datasets, loaders
     from sweeplab.data.datasets import cache_key
-    from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples
     from sweeplab.distributed import (
         broadcast_from_rank_zero,
         build_strategy,
@@ -106,7 +104,7 @@ def fit(
     from sweeplab.module import QLoRAModule
     from sweeplab.outputs import save_adapter, write_json
     from sweeplab.precision import resolve_placement
-    from sweeplab.resume import DataPosition, EpochSeededSampler
+    from sweeplab.resume import DataPosition
     from sweeplab.trainer import build_trainer
 
     started = time.perf_counter()
@@ -134,38 +132,8 @@ def fit(
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
     _MODULES.add(module)
 
-    collate = PadCollator(tokenizer.pad_token_id)
-    train_rows, train_collate, lengths = train_set, collate, None
-    if rc.data.packing:  # packed once, the same rows every run; only their order changes per epoch
-        train_rows, train_collate = (
-            pack_examples(train_set, rc.data.max_seq_len),
-            PackCollator(tokenizer.pad_token_id),
-        )
-        # Rows of similar length batched together: a batch is padded to its longest row only.
-        lengths = [sum(len(ex["input_ids"]) for ex in row) for row in train_rows]
-        log.info(
-            "packing: %d train chats in %d rows of <= %d tokens",
-            len(train_set),
-            len(train_rows),
-            rc.data.max_seq_len,
-        )
-    elif rc.data.group_by_length:
-        lengths = [len(ex["input_ids"]) for ex in train_set]
-    elif rc.data.padding_free:
-        train_collate = PaddingFreeCollator(tokenizer.pad_token_id)
-    # Shuffled by (seed, epoch) so a resumed run sees the same batches; see EpochSeededSampler.
-    sampler = EpochSeededSampler(len(train_rows), rc.data.seed, lengths, rc.data.batch_size)
-    train_loader = DataLoader(
-        train_rows,
-        batch_size=rc.data.batch_size,
-        sampler=sampler,
-        collate_fn=train_collate,
-        generator=torch.Generator().manual_seed(rc.data.seed),  # worker seeds; keeps torch's RNG untouched
-        num_workers=rc.data.num_workers,
-    )
-    val_loader = DataLoader(
-        val_set, batch_size=rc.data.eval_batch_size, collate_fn=collate, num_workers=rc.data.num_workers
-    )
+    train_loader, sampler = loaders.train_loader(rc.data, train_set, tokenizer.pad_token_id)
+    val_loader = loaders.val_loader(rc.data, val_set, tokenizer.pad_token_id)
 
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
     # Only the class each entry names: a nested _target_ inside its arguments would be refused.
