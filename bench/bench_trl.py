@@ -32,14 +32,8 @@ from timed_trainer import training_only_trainer  # bench/ is sys.path[0] when ru
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_trl:start -->", "<!-- bench_trl:end -->"
-ARMS = (
-    "trl-padded",
-    "trl-padding-free",
-    "trl-packed",
-    "sweeplab-padded",
-    "sweeplab-padding-free",
-    "sweeplab-packed",
-)
+LAYOUTS = ("padded", "padding-free", "packed")  # TRL: padding_free=True, packing=True; sweeplab: data.*
+ARMS = tuple(f"{trainer}-{layout}" for trainer in ("trl", "sweeplab") for layout in LAYOUTS)
 
 
 # --- one arm, in a child process ---------------------------------------------------------------------

@@ -13,12 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(model="tiny", steps=2, batch=4, max_seq_len=256, n_val=4, lr=1e-3)
 ARMS = [
-    "trl-padded",
-    "trl-padding-free",
-    "trl-packed",
-    "sweeplab-padded",
-    "sweeplab-padding-free",
-    "sweeplab-packed",
+    f"{trainer}-{layout}"
+    for trainer in ("trl", "sweeplab")
+    for layout in ("padded", "padding-free", "packed")
 ]
 
 
