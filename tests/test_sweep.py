@@ -68,6 +68,10 @@ def test_sweep_stores_every_trial(five_trials: Path) -> None:
         assert t.value == pytest.approx(metrics["best_val_loss"])
         assert sorted(t.intermediate_values) == [4, 8, 12]
         assert t.user_attrs["steps"] == 12
+        # the values it ran with that the sweep does not search, stored once per trial: the command's
+        # overrides and the space's fixed keys
+        assert t.user_attrs["fixed"]["model"] == "tiny" and "lora.use_rslora" in t.user_attrs["fixed"]
+        assert not {k for k in t.user_attrs if k in t.user_attrs["fixed"]}  # not one attr per value
 
 
 def test_rerun_resumes_to_the_total(five_trials: Path) -> None:
