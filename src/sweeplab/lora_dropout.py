@@ -29,7 +29,8 @@ class FastCPUDropout(nn.Dropout):
         words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits random
         lanes = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768..32767
         keep = lanes >= dropped - LEVELS // 2
-        return x * keep * (LEVELS / (LEVELS - dropped))
+        # one float tensor made (x * keep * scale made two); autograd saves only the 1-byte mask
+        return torch.where(keep, x, 0.0).mul_(LEVELS / (LEVELS - dropped))
 
 
 def use_fast_dropout(model: nn.Module) -> int:
