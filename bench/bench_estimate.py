@@ -43,8 +43,8 @@ def measure(overrides: list[str]) -> dict:
     import torch
 
     from sweeplab.estimate import compose_run, estimate
-    from sweeplab.model import build_model, resolve_model_dir
-    from sweeplab.module import build_optimizer
+    from sweeplab.models.build import build_model, resolve_model_dir
+    from sweeplab.training.module import build_optimizer
 
     rc = compose_run(["trainer.accelerator=cpu", *overrides])  # as `train` composes it; fp32 on CPU
     e = estimate(rc)

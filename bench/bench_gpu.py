@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_gpu.py --out BENCHMARKS.md      # what `make bench-gpu` runs (~3 min, H200)
 
 No hub: the model is built from sweeplab.estimate's Qwen2.5-1.5B shapes with random weights and saved
-once to a temp dir; each variant then loads it through sweeplab.model.build_model (4-bit NF4 from that
+once to a temp dir; each variant then loads it through sweeplab.models.build.build_model (4-bit NF4 from that
 dir, exactly as a hub model loads) and trains it with QLoRAModule under Lightning, in a process of its
 own so that its peak memory is its own. Variants: QLoRA and LoRA on the fp16 base, both fp16 mixed, and
 QLoRA in bf16 mixed (what trainer.precision=auto picks on a bf16 GPU). Without CUDA it says so, exits 0
@@ -135,9 +135,9 @@ def measure(args: argparse.Namespace, model_dir: str, variant: str) -> dict:
     from torch.utils.data import DataLoader
 
     from sweeplab.estimate import compose_run
-    from sweeplab.model import build_model, count_parameters
-    from sweeplab.module import QLoRAModule
-    from sweeplab.precision import COMPUTE_DTYPES
+    from sweeplab.models.build import build_model, count_parameters
+    from sweeplab.models.precision import COMPUTE_DTYPES
+    from sweeplab.training.module import QLoRAModule
 
     rc = compose_run(run_overrides(args, model_dir, variant))
     device = "cpu" if args.device == "cpu" else "cuda:0"
@@ -232,7 +232,7 @@ def section(results: list[dict], args: argparse.Namespace, gpu: str, wall: float
 ## GPU: QLoRA vs LoRA on a Qwen2.5-1.5B-shaped model
 
 `make bench-gpu` (`bench/bench_gpu.py`): random weights in the Qwen2.5-1.5B shapes (no hub), saved in
-fp16 and loaded through `sweeplab.model.build_model` (4-bit NF4 + double quantization, or the fp16 base
+fp16 and loaded through `sweeplab.models.build.build_model` (4-bit NF4 + double quantization, or the fp16 base
 as is), LoRA `lora={args.lora}`, gradient checkpointing on, AdamW, batch {args.batch_size} x
 {args.seq_len} tokens of random ids (no padding), {args.steps} timed steps after {args.warmup}, one process
 per variant. Peak: `torch.cuda.max_memory_allocated` during training (weights included; allocator cache

@@ -32,8 +32,8 @@ from sweeplab.data.packing import (
     packed_forward,
     real_tokens,
 )
-from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
-from sweeplab.module import QLoRAModule, build_optimizer, build_scheduler
+from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
+from sweeplab.training.module import QLoRAModule, build_optimizer, build_scheduler
 from timed_trainer import training_only_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ warmup/cosine + grad clip {rc.trainer.grad_clip}, fp32 on CPU; {args.warmup} unt
 {args.rounds} rounds alternating the order. sweeplab = `QLoRAModule` under a Lightning `Trainer` (loss
 from the LM head at labelled positions only); bare = a hand-written loop over the same model taking
 `model(..., labels=...).loss` (full logits). Tokens/s counts non-pad tokens. Both build the model with
-`sweeplab.model.build_model`, so both draw LoRA dropout's CPU mask with `FastCPUDropout`.
+`sweeplab.models.build.build_model`, so both draw LoRA dropout's CPU mask with `FastCPUDropout`.
 
 | layout | loop | tokens/s per round | median |
 |---|---|---|---|

@@ -45,7 +45,7 @@ def setup(args):
 
     from sweeplab.config import validate
     from sweeplab.data import build_datasets
-    from sweeplab.model import load_tokenizer, resolve_model_dir
+    from sweeplab.models.build import load_tokenizer, resolve_model_dir
 
     overrides = [
         f"model={args.model}",
@@ -79,7 +79,7 @@ def val_loss(model, val: list[dict], pad_id: int) -> float:
     import torch.nn.functional as F
 
     from sweeplab.data import PadCollator
-    from sweeplab.label_head import LabelLogits
+    from sweeplab.models.label_head import LabelLogits
 
     model.eval()
     logits_at = LabelLogits(model)
@@ -99,8 +99,8 @@ def run_sweeplab(args, mode: str) -> dict:
 
     from sweeplab.data import PadCollator
     from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples, real_tokens
-    from sweeplab.model import build_model
-    from sweeplab.module import QLoRAModule
+    from sweeplab.models.build import build_model
+    from sweeplab.training.module import QLoRAModule
 
     rc, model_dir, tokenizer, train, val, _ = setup(args)
     rows, collate, batch = train, PadCollator(tokenizer.pad_token_id), args.batch
@@ -134,7 +134,7 @@ def run_trl(args, mode: str) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from sweeplab.data.packing import pack_examples
-    from sweeplab.model import load_quantized, peft_lora_config
+    from sweeplab.models.build import load_quantized, peft_lora_config
 
     rc, model_dir, tokenizer, train, val, seed = setup(args)
     # Built from an Arrow table with a fingerprint given: Dataset.from_dict hashes its features with dill to

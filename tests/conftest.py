@@ -74,7 +74,7 @@ def tiny_random_lora(hermetic_cache: Path):
 
     from sweeplab.config import validate
     from sweeplab.data import build_datasets
-    from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
+    from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
 
     rc = validate(make_cfg("model=tiny", "data.n_train=16", "data.n_val=4", "data.max_seq_len=160"))
     model_dir = resolve_model_dir(rc.model, hermetic_cache)

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 import torch
 from sweeplab.config import validate
-from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
+from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
 from sweeplab.outputs import save_adapter
 from tests.conftest import make_cfg
 rc = validate(make_cfg("model=tiny", "lora=r64"))

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from sweeplab import base
-from sweeplab.base import build_tokenizer, cache_key, corpus_text, ensure_base
-from sweeplab.chatml import CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD, SPECIAL_TOKENS
 from sweeplab.config import EmbeddedRecipe
+from sweeplab.data.chatml import CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD, SPECIAL_TOKENS
+from sweeplab.models import embedded as base
+from sweeplab.models.embedded import build_tokenizer, cache_key, corpus_text, ensure_base
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 

@@ -13,7 +13,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import sweeplab.data.datasets as datasets
-from sweeplab.chatml import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS
 from sweeplab.config import DataConfig
 from sweeplab.data import (
     IGNORE,
@@ -24,6 +23,7 @@ from sweeplab.data import (
     tokenize_text,
     train_val_chats,
 )
+from sweeplab.data.chatml import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS
 from sweeplab.errors import DataError
 
 PLAIN_TEMPLATE = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")

@@ -60,8 +60,8 @@ def test_a_sweep_worker_job_starts_its_trial_ranks_itself_under_slurm(worker: bo
     import lightning as L
     from lightning.fabric.plugins.environments import LightningEnvironment
 
-    from sweeplab.distributed import build_strategy
-    from sweeplab.trial import WORKER_ENV
+    from sweeplab.training.distributed import build_strategy
+    from sweeplab.training.ranks import WORKER_ENV
 
     for key, value in SLURM_ONE_TASK.items():
         monkeypatch.setenv(key, value)
@@ -126,7 +126,7 @@ def test_presets_extend_the_default_trainer() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is visible")
 def test_gpu_strategy_without_a_gpu_is_refused_before_loading() -> None:
-    from sweeplab.precision import resolve_placement
+    from sweeplab.models.precision import resolve_placement
 
     with pytest.raises(
         ConfigError, match=re.escape("trainer.strategy=fsdp needs CUDA GPUs and none is visible")
@@ -136,9 +136,9 @@ def test_gpu_strategy_without_a_gpu_is_refused_before_loading() -> None:
 
 def test_fsdp_storage_gives_the_4bit_weights_the_dtype_of_every_other_parameter() -> None:
     """FSDP flattens a unit into one tensor of one dtype; NF4 bytes stored as fp32 compute the same logits."""
-    from sweeplab.base import ensure_base
-    from sweeplab.distributed import quant_storage
-    from sweeplab.model import build_model
+    from sweeplab.models.build import build_model
+    from sweeplab.models.embedded import ensure_base
+    from sweeplab.training.distributed import quant_storage
 
     rc = validate(make_cfg("model=tiny", "trainer.strategy=fsdp"))
     base = str(ensure_base(rc.model.embedded, os.environ["SWEEPLAB_CACHE_DIR"]))

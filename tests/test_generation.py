@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader
 
 from sweeplab.config import validate
 from sweeplab.data import PadCollator, build_datasets, generate_chats
+from sweeplab.data.sampler import EpochSeededSampler
 from sweeplab.eval.generate import ToolCallEvaluator, build_cases, stop_token_ids
-from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
-from sweeplab.resume import EpochSeededSampler
+from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
 from tests.conftest import make_cfg
 from tests.test_model import fixed_batch, lora_grads
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from sweeplab import gguf as gguf_module
 from sweeplab.config import GgufSource, validate
 from sweeplab.errors import ConfigError
-from sweeplab.gguf import DONE_FILE, ensure_converted, locate
-from sweeplab.model import build_model, load_quantized, load_tokenizer, resolve_model_dir
+from sweeplab.models import gguf as gguf_module
+from sweeplab.models.build import build_model, load_quantized, load_tokenizer, resolve_model_dir
+from sweeplab.models.gguf import DONE_FILE, ensure_converted, locate
 from tests.conftest import make_cfg
 
 TEMPLATE = (
@@ -34,8 +34,8 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     """A 2-layer Llama with a byte-level BPE ChatML tokenizer, as llama.cpp's converter lays it out."""
     import gguf
 
-    from sweeplab.base import build_tokenizer, corpus_text
-    from sweeplab.chatml import IM_END, IM_START
+    from sweeplab.data.chatml import IM_END, IM_START
+    from sweeplab.models.embedded import build_tokenizer, corpus_text
 
     tokenizer = json.loads(build_tokenizer(corpus_text(20_000), vocab_size=364).backend_tokenizer.to_str())
     vocab = tokenizer["model"]["vocab"]

@@ -13,8 +13,8 @@ import torch
 from bitsandbytes.nn import Linear4bit
 
 from sweeplab.config import validate
-from sweeplab.model import build_model, resolve_model_dir
-from sweeplab.precision import bf16_native
+from sweeplab.models.build import build_model, resolve_model_dir
+from sweeplab.models.precision import bf16_native
 from tests.conftest import TINY, make_cfg, run_train
 from tests.test_model import fixed_batch
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeplab.chatml import CHAT_TEMPLATE
+from sweeplab.data.chatml import CHAT_TEMPLATE
 from tests.conftest import TINY, run_train
 
 # Qwen2.5's own template has no {% generation %} tags: labels come from the prefix fallback.
@@ -20,7 +20,7 @@ TEMPLATE_WITHOUT_GENERATION_TAGS = CHAT_TEMPLATE.replace("{% generation %}", "")
 def local_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from sweeplab.base import build_tokenizer, corpus_text
+    from sweeplab.models.embedded import build_tokenizer, corpus_text
 
     path = tmp_path_factory.mktemp("Qwen2.5-0.5B-Instruct")
     tokenizer = build_tokenizer(corpus_text(40_000), vocab_size=512)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sweeplab.data import PadCollator
 from sweeplab.data.packing import PackCollator, packed_forward
-from sweeplab.label_head import LabelLogits, split_head
+from sweeplab.models.label_head import LabelLogits, split_head
 
 
 @pytest.fixture(scope="module")

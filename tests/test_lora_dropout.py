@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweeplab.lora_dropout import FastCPUDropout, use_fast_dropout
+from sweeplab.models.lora_dropout import FastCPUDropout, use_fast_dropout
 from tests.conftest import make_cfg
 
 
@@ -69,7 +69,7 @@ def test_checkpoint_recompute_draws_the_same_mask() -> None:
 
 def test_build_model_gives_every_lora_layer_the_fast_dropout(hermetic_cache) -> None:
     from sweeplab.config import validate
-    from sweeplab.model import build_model, resolve_model_dir
+    from sweeplab.models.build import build_model, resolve_model_dir
 
     rc = validate(make_cfg("model=tiny", "lora.dropout=0.05"))
     model = build_model(resolve_model_dir(rc.model, hermetic_cache), rc.model, rc.lora, torch.float32)

@@ -11,8 +11,8 @@ from bitsandbytes.nn import Linear4bit
 
 from sweeplab.config import LoraConfig, validate
 from sweeplab.errors import ConfigError
-from sweeplab.model import build_model, load_tokenizer, resolve_model_dir
-from sweeplab.module import QLoRAModule
+from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
+from sweeplab.training.module import QLoRAModule
 from tests.conftest import make_cfg
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeplab.base import build_tokenizer, corpus_text
 from sweeplab.config import validate
 from sweeplab.data import PadCollator, build_datasets
 from sweeplab.data.packing import (
@@ -18,8 +17,9 @@ from sweeplab.data.packing import (
     pack_examples,
     packed_forward,
 )
+from sweeplab.data.sampler import EpochSeededSampler
 from sweeplab.data.tokenize import IGNORE
-from sweeplab.resume import EpochSeededSampler
+from sweeplab.models.embedded import build_tokenizer, corpus_text
 from tests.conftest import TINY, make_cfg, run_train
 
 

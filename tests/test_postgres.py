@@ -227,10 +227,10 @@ def _flaky(failures: int) -> Callable[[], str]:
 
 
 def test_a_short_outage_is_retried_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    from sweeplab import storage_retry
+    from sweeplab.sweep import storage_retry
 
     url = f"postgresql+psycopg://u:{PASSWORD}@db/x"
-    with caplog.at_level("WARNING", logger="sweeplab.storage_retry"):
+    with caplog.at_level("WARNING", logger="sweeplab.sweep.storage_retry"):
         assert storage_retry.call_with_retry(_flaky(3), url, timeout=30) == "ok"
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "storage postgresql+psycopg://u:***@db/x unreachable, retrying for up to 30 s"
@@ -238,7 +238,7 @@ def test_a_short_outage_is_retried_and_logged_once(caplog: pytest.LogCaptureFixt
 
 
 def test_a_long_outage_raises_one_error_naming_the_storage_without_its_password() -> None:
-    from sweeplab import storage_retry
+    from sweeplab.sweep import storage_retry
 
     url = f"postgresql+psycopg://u:{PASSWORD}@db/y"
     with pytest.raises(storage_retry.StorageUnreachable) as err:
@@ -248,7 +248,7 @@ def test_a_long_outage_raises_one_error_naming_the_storage_without_its_password(
 
 
 def test_errors_other_than_a_lost_connection_are_not_retried() -> None:
-    from sweeplab import storage_retry
+    from sweeplab.sweep import storage_retry
 
     calls = []
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from sweeplab.config import TrainerConfig
-from sweeplab.precision import choose_precision, resolve_placement
+from sweeplab.models.precision import choose_precision, resolve_placement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_precision_per_device(requested: str, on_gpu: bool, bf16: bool, expected
 
 
 def test_a_downgrade_is_said(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="sweeplab.precision"):
+    with caplog.at_level(logging.WARNING, logger="sweeplab.models.precision"):
         choose_precision("bf16-mixed", on_gpu=True, bf16_supported=False)
     assert "not supported by this GPU; using 16-mixed" in caplog.text
 

@@ -186,7 +186,7 @@ def test_lightning_loads_checkpoints_weights_only(tmp_path: Path) -> None:
     """The second gate: Lightning's own ckpt_path load goes through our CheckpointIO, weights-only."""
     import pickle
 
-    from sweeplab.resume import AtomicCheckpointIO
+    from sweeplab.training.resume import AtomicCheckpointIO
 
     ckpt, marker = _hostile_checkpoint(tmp_path)
     with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
@@ -196,7 +196,7 @@ def test_lightning_loads_checkpoints_weights_only(tmp_path: Path) -> None:
 
 def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
     from sweeplab.errors import ConfigError
-    from sweeplab.resume import check_checkpoint
+    from sweeplab.training.resume import check_checkpoint
 
     whole = tmp_path / "whole.ckpt"
     torch.save({"state_dict": {"w": torch.ones(1000)}, "global_step": 8}, whole)
@@ -210,7 +210,7 @@ def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A save that dies halfway leaves the previous checkpoint whole and no stray temp file."""
-    from sweeplab.resume import AtomicCheckpointIO
+    from sweeplab.training.resume import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"global_step": 8, "w": torch.arange(4)}, path)
@@ -233,7 +233,7 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path: Path) -> None:
 
     import numpy as np
 
-    from sweeplab.resume import rng_state, set_rng_state
+    from sweeplab.rng import rng_state, set_rng_state
 
     torch.manual_seed(1)
     random.seed(2)
@@ -245,7 +245,7 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path: Path) -> None:
 
 
 def test_sampler_order_depends_on_seed_and_epoch_only() -> None:
-    from sweeplab.resume import EpochSeededSampler
+    from sweeplab.data.sampler import EpochSeededSampler
 
     a, b = EpochSeededSampler(20, seed=7), EpochSeededSampler(20, seed=7)
     a.set_epoch(3)

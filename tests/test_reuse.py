@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from sweeplab import reuse
 from sweeplab.config import validate
-from sweeplab.model import build_model, load_quantized, resolve_model_dir
+from sweeplab.models.build import build_model, load_quantized, resolve_model_dir
 from tests.conftest import make_cfg
 from tests.test_model import fixed_batch
 from tests.test_sweep import QLORA, load, sweep

@@ -7,7 +7,7 @@ import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from sweeplab.config import OptimConfig
-from sweeplab.module import build_optimizer, build_scheduler
+from sweeplab.training.module import build_optimizer, build_scheduler
 
 
 def lrs(optim: OptimConfig, max_steps: int) -> list[float]:

@@ -6,12 +6,12 @@ import re
 
 import pytest
 
-from sweeplab.base import build_tokenizer
-from sweeplab.chatml import CHAT_TEMPLATE, IM_END
 from sweeplab.config import DataConfig
 from sweeplab.data import IGNORE, build_datasets, generate_chats, prompt_ids, read_jsonl, tokenize_chat
+from sweeplab.data.chatml import CHAT_TEMPLATE, IM_END
 from sweeplab.data.tokenize import render_inputs
 from sweeplab.errors import DataError
+from sweeplab.models.embedded import build_tokenizer
 from tests.test_data import labelled_runs
 
 DELETE_NODE = {

@@ -194,7 +194,7 @@ def test_user_data_trains(source: str, tmp_path: Path) -> None:
         path = tmp_path / "chats.jsonl"
         path.write_text("".join(json.dumps(chat) + "\n" for chat in generate_chats(40, seed=7)))
     else:
-        from sweeplab.base import corpus_text
+        from sweeplab.models.embedded import corpus_text
 
         path = tmp_path / "corpus.txt"
         path.write_text(corpus_text(20_000))

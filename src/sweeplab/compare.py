@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweeplab.config import CONF_DIR
 from sweeplab.errors import SweeplabError
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 ACCEPTED = (
     "a run dir holding config.yaml, a trial STUDY:NUMBER (with --storage URL, or URL#STUDY:NUMBER), "
     "or an experiment file experiments/NAME.yaml"
@@ -114,7 +114,7 @@ def load_experiment(arg: str, path: Path) -> Side:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    experiments = (CONF_DIR / "experiment").resolve()
+    experiments = (Path(CONF_DIR) / "experiment").resolve()
     if path.resolve().parent != experiments:
         raise CompareError(f"{arg}: an experiment file must live in {experiments}; give {ACCEPTED}")
     try:
@@ -309,7 +309,7 @@ def _objectives(a: Side, b: Side) -> list[str]:
 
 def compare(a: Side, b: Side, out: Path) -> str:
     """Write compare.md and compare.png into `out`; return the markdown."""
-    from sweeplab.report.table import write_text
+    from sweeplab.outputs import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     keys = differing(a, b)
@@ -326,7 +326,7 @@ def compare(a: Side, b: Side, out: Path) -> str:
         lines += ["_No curve: both sides need a validation history._", ""]
     lines += study_section(a, b, keys)
     text = "\n".join(lines)
-    write_text(out / "compare.md", text + "\n")
+    atomic_write_text(out / "compare.md", text + "\n")
     return text
 
 

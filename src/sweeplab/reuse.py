@@ -49,7 +49,7 @@ def validate_at_start(trainer: Any, module: Any, val_loader: Any, key: Hashable,
     DoRA's magnitude is the weight's norm), so every trial of a worker that shares base, data and eval
     config gets the same metrics: the first runs it (decoding included), the next ones reuse it."""
 
-    from sweeplab.resume import rng_state, set_rng_state
+    from sweeplab.rng import rng_state, set_rng_state
 
     def run() -> tuple[dict, list[dict]]:
         trainer.validate(module, val_loader, verbose=False)

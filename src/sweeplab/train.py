@@ -24,13 +24,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import reuse
-from sweeplab.config import RunConfig, validate
+from sweeplab.config import CONF_DIR, RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.quiet import quiet_library_noise
-from sweeplab.ranks import is_rank_zero, trial_ranks
 from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
+from sweeplab.training.ranks import is_rank_zero, trial_ranks
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger("sweeplab.train")
 TRUSTED_TARGETS = ["sweeplab.*", "hydra_plugins.*", "hydra._internal.*", "optuna.samplers.*", "logging.*"]
 
@@ -64,7 +63,7 @@ def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str
 def preflight_model(rc: RunConfig) -> None:
     """A missing GGUF package or file fails here, before torch is imported."""
     if rc.model.gguf is not None:
-        from sweeplab.gguf import locate
+        from sweeplab.models.gguf import locate
 
         locate(rc.model.gguf)
 
@@ -90,22 +89,22 @@ def fit(
 
     from sweeplab.data import build_datasets, loaders
     from sweeplab.data.datasets import cache_key
-    from sweeplab.distributed import (
+    from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
+    from sweeplab.models.build import build_model, count_parameters, load_tokenizer, resolve_model_dir
+    from sweeplab.models.precision import resolve_placement
+    from sweeplab.outputs import save_adapter, write_json
+    from sweeplab.training.distributed import (
         broadcast_from_rank_zero,
         build_strategy,
         gathered_state,
         lora_digest,
         quant_storage,
     )
-    from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
-    from sweeplab.interrupt import GracefulStop
-    from sweeplab.loggers import build_logger
-    from sweeplab.model import build_model, count_parameters, load_tokenizer, resolve_model_dir
-    from sweeplab.module import QLoRAModule
-    from sweeplab.outputs import save_adapter, write_json
-    from sweeplab.precision import resolve_placement
-    from sweeplab.resume import DataPosition
-    from sweeplab.trainer import build_trainer
+    from sweeplab.training.interrupt import GracefulStop
+    from sweeplab.training.loggers import build_logger
+    from sweeplab.training.module import QLoRAModule
+    from sweeplab.training.resume import DataPosition
+    from sweeplab.training.trainer import build_trainer
 
     started = time.perf_counter()
     L.seed_everything(rc.seed, workers=True, verbose=False)
@@ -140,11 +139,11 @@ def fit(
     extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
     pruning = []
     if trial is not None or follower:
-        from sweeplab.pruning import PruningCallback
+        from sweeplab.sweep.pruning import PruningCallback
 
         pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
     if trial is not None:
-        from sweeplab.pruning import StartupClock
+        from sweeplab.sweep.pruning import StartupClock
 
         clock = StartupClock(trial.datetime_start.timestamp())
         pruning.append(clock)
@@ -360,7 +359,7 @@ def run(cfg: DictConfig) -> float:
     preflight_data(rc)
     ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
     if ckpt is not None:
-        from sweeplab.resume import check_checkpoint
+        from sweeplab.training.resume import check_checkpoint
 
         check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))  # also what W&B logs
@@ -370,7 +369,7 @@ def run(cfg: DictConfig) -> float:
     trial = None
     in_sweep = bool(os.environ.get("SWEEPLAB_TRIAL_ID"))
     if in_sweep and rank_zero:  # only inside a sweeplab sweep: optuna stays unimported
-        from sweeplab.trial import trial_from_env
+        from sweeplab.sweep.trial import trial_from_env
 
         trial = trial_from_env(HydraConfig.get().sweeper, rc.trainer.max_steps)
     failed = True

@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution
 
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
-from sweeplab.trial import PRUNERS, build_pruner, pruner_kwargs
+from sweeplab.sweep.trial import PRUNERS, build_pruner, pruner_kwargs
 
 STORAGES = (
     "use sqlite:///relative/path.db, sqlite:////absolute/path.db or "
@@ -238,7 +238,7 @@ def config_problems(config: DictConfig, direction: Any = "auto") -> list[str]:
             f"a sweep must {rc.objective.resolved_direction}; set hydra.sweeper.direction=auto"
         ]
     if rc.model.gguf is not None:  # a missing wheel or file would fail every trial
-        from sweeplab.gguf import locate
+        from sweeplab.models.gguf import locate
 
         try:
             locate(rc.model.gguf)

@@ -23,7 +23,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.secrets import redact_text
-from sweeplab.trial import WORKER_ENV
+from sweeplab.training.ranks import WORKER_ENV
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 WORKER_ATTR = "sweeplab:worker"
 RESUME_ATTR = "resume_from"
-STORAGE_LOST_NOTE = "storage_lost.txt"  # must match sweeplab.interrupt
+STORAGE_LOST_NOTE = "storage_lost.txt"  # must match sweeplab.training.interrupt
 KEPT_ATTRS = ("recipe", "recipe_overrides")  # the rest (run_dir, steps, ...) describe the failed attempt only
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from sweeplab.storage_retry import RetryingRDBStorage, call_with_retry, transient
+from sweeplab.sweep.storage_retry import RetryingRDBStorage, call_with_retry, transient
 
 
 def absolute_url(url: str) -> str:

@@ -53,8 +53,9 @@ from sweeplab.errors import (
 )
 from sweeplab.outputs import atomic_write_text
 from sweeplab.secrets import install_log_redaction, redact_text
-from sweeplab.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
-from sweeplab.trial import TRIAL_ENV, WORKER_ENV, build_pruner
+from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
+from sweeplab.sweep.trial import TRIAL_ENV, build_pruner
+from sweeplab.training.ranks import WORKER_ENV
 
 log = logging.getLogger(__name__)
 # Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
@@ -244,7 +245,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         logger = self.config.get("logger")
         if logger is None or logger.get("backend") != "wandb":
             return
-        from sweeplab.wandb_summary import log_sweep_summary
+        from sweeplab.sweep.wandb_summary import log_sweep_summary
 
         try:
             log_sweep_summary(study, logger.project, sweep_dir, logger.get("mode", "auto"))

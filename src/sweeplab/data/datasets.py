@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from sweeplab.data.readers import read_jsonl, read_text
 from sweeplab.data.tokenize import IGNORE, chat_template, tokenize_chat, tokenize_text
 from sweeplab.data.toolcalls import train_val_chats, val_test_chats
 from sweeplab.errors import DataError
+from sweeplab.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def build_datasets(cfg: DataConfig, tokenizer, cache_dir: Path) -> tuple[list[di
             log_stats(cfg, stats, f"cached {path.name}")
             return train, val, stats
     train, val, stats = tokenize_split(cfg, tokenizer)
-    save_atomic({"train": pack(train), "val": pack(val), "stats": asdict(stats)}, path)
+    with atomic_path(path) as tmp:  # concurrent trials never read a half-written cache
+        torch.save({"train": pack(train), "val": pack(val), "stats": asdict(stats)}, tmp)
     log_stats(cfg, stats, f"tokenized, cached as {path.name}")
     return train, val, stats
 
@@ -202,16 +203,3 @@ def unpack(packed: dict[str, torch.Tensor]) -> list[dict]:
     ids = packed["input_ids"].split(lengths)
     labels = packed["labels"].split(lengths)
     return [{"input_ids": i.tolist(), "labels": lab.tolist()} for i, lab in zip(ids, labels, strict=True)]
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """Write then rename: concurrent trials never read a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem[:16], suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from sweeplab.config import DataConfig
 from sweeplab.data.collate import PadCollator
 from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples
-from sweeplab.resume import EpochSeededSampler
+from sweeplab.data.sampler import EpochSeededSampler
 
 log = logging.getLogger(__name__)
 

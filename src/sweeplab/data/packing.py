@@ -4,7 +4,7 @@ transformers 5 finds the chats of a packed row where position_ids stop counting 
 (masking_utils.find_packed_sequence_indices) and masks attention between them for eager, sdpa and
 flex_attention, but only when no attention_mask is passed and no KV cache is built: an all-ones mask,
 or use_cache=True (the default, even in train mode), silently lets a chat attend to the one before it.
-model_inputs() builds the arguments of every packed forward (packed_forward, sweeplab.label_head), so both
+model_inputs() builds the arguments of every packed forward (packed_forward, models.label_head), so both
 stay refused.
 """
 

@@ -13,7 +13,7 @@ import torch
 
 from sweeplab.data.tokenize import prompt_ids
 from sweeplab.eval.toolcall import ToolCall, aggregate, call_from_message, score
-from sweeplab.resume import rng_state, set_rng_state
+from sweeplab.rng import rng_state, set_rng_state
 
 # End-of-turn tokens of the chat formats sweeplab renders (ChatML, Llama 3); the model's own eos too.
 TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeplab.outputs import atomic_write_text
 from sweeplab.report.storage import ReportError, default_storage, load, output_root
 from sweeplab.report.table import (
     best_command,
@@ -18,7 +19,6 @@ from sweeplab.report.table import (
     rows,
     to_csv,
     trials_md,
-    write_text,
 )
 from sweeplab.report.task import failures_section, test_section
 
@@ -75,15 +75,15 @@ def report(study: optuna.Study, url: str, out: Path) -> str | None:
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     keys = param_keys(trials)
-    write_text(out / "trials.csv", to_csv(rows(trials, keys), keys))
-    write_text(out / "trials.md", trials_md(study, url, trials, best))
+    atomic_write_text(out / "trials.csv", to_csv(rows(trials, keys), keys))
+    atomic_write_text(out / "trials.md", trials_md(study, url, trials, best))
     command = best_command(study, best) if best is not None else None
     if command:
-        write_text(out / "best.txt", command + "\n")
+        atomic_write_text(out / "best.txt", command + "\n")
     else:
         (out / "best.txt").unlink(missing_ok=True)  # never a stale best from an earlier report
     plots, importance = write_plots(study, trials, best, out)
-    write_text(out / "index.md", index_md(study, url, trials, best, command, plots, importance))
+    atomic_write_text(out / "index.md", index_md(study, url, trials, best, command, plots, importance))
     return command
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeplab.report.table import atomic, metric_name
+from sweeplab.outputs import atomic_path
+from sweeplab.report.table import metric_name
 
 if TYPE_CHECKING:
     import optuna
@@ -41,13 +42,13 @@ class Plot:
 def save_png(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    with atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def save_html(fig: Any, path: Path) -> None:
-    with atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)  # opens offline, ~5 MB each
 
 

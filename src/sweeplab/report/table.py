@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import csv
 import io
 import math
-import os
 import shlex
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,22 +24,6 @@ TEST_METRICS = (
     "test/json_valid",
     "base/tool_exact",
 )
-
-
-@contextlib.contextmanager
-def atomic(path: Path) -> Iterator[Path]:
-    """Yield a temp name beside `path`; os.replace it over `path` only if the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def metric_name(study: optuna.Study) -> str:

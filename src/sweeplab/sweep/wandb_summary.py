@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from sweeplab.loggers import wandb_has_key
+from sweeplab.training.loggers import wandb_has_key
 
 log = logging.getLogger(__name__)
 

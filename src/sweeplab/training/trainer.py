@@ -12,8 +12,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import Strategy
 
 from sweeplab.config import RunConfig
-from sweeplab.precision import Placement
-from sweeplab.resume import AtomicCheckpointIO
+from sweeplab.models.precision import Placement
+from sweeplab.training.resume import AtomicCheckpointIO
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -96,7 +96,7 @@ def build_trainer(
         accelerator=placement.accelerator,
         devices=rc.trainer.devices,
         num_nodes=rc.trainer.num_nodes,
-        strategy=strategy,  # sweeplab.distributed.build_strategy
+        strategy=strategy,  # sweeplab.training.distributed.build_strategy
         precision=placement.precision,
         max_steps=rc.trainer.max_steps,
         max_epochs=-1,  # max_steps decides; small datasets simply take several epochs

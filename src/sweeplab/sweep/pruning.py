@@ -10,7 +10,7 @@ import time
 import lightning as L
 import optuna
 
-from sweeplab.storage_retry import StorageDown, StorageUnreachable, give_up, no_wait
+from sweeplab.sweep.storage_retry import StorageDown, StorageUnreachable, give_up, no_wait
 
 log = logging.getLogger(__name__)
 

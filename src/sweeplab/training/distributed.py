@@ -25,8 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from sweeplab.config import TrainerConfig
-from sweeplab.ranks import LAUNCHED, child_command
-from sweeplab.trial import WORKER_ENV
+from sweeplab.training.ranks import LAUNCHED, WORKER_ENV, child_command
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def build_strategy(trainer: TrainerConfig, model: torch.nn.Module) -> Strategy |
         from peft.utils.other import fsdp_auto_wrap_policy
 
         # Decoder layers and LoRA layers in units of their own; frozen 4-bit and trainable LoRA
-        # weights share a unit only as original parameters. 4-bit storage: sweeplab.model.quant_storage.
+        # weights share a unit only as original parameters. 4-bit storage: models.build.quant_storage.
         return TrialFSDP(
             auto_wrap_policy=fsdp_auto_wrap_policy(model), use_orig_params=True, cluster_environment=env
         )

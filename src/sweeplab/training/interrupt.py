@@ -47,7 +47,7 @@ class GracefulStop(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         # Lightning has stepped the optimizer and the lr scheduler by now, and resumes a checkpoint
         # saved here as "restarted on train batch end". Mid-accumulation is no point to resume from.
-        retry = sys.modules.get("sweeplab.storage_retry")  # imported in sweeps only
+        retry = sys.modules.get("sweeplab.sweep.storage_retry")  # imported in sweeps only
         lost = retry is not None and retry.LOST.is_set()  # the sweep's storage stayed down too long
         if not (self.requested or lost) or trainer.fit_loop.epoch_loop._should_accumulate():
             return

@@ -16,8 +16,8 @@ from torchmetrics.aggregation import MeanMetric
 from sweeplab.config import ObjectiveConfig, OptimConfig
 from sweeplab.data.packing import real_tokens
 from sweeplab.errors import DivergedError
-from sweeplab.label_head import LabelLogits
-from sweeplab.resume import rng_state, set_rng_state
+from sweeplab.models.label_head import LabelLogits
+from sweeplab.rng import rng_state, set_rng_state
 
 
 def build_optimizer(

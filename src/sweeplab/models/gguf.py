@@ -10,9 +10,9 @@ import platform
 import time
 from pathlib import Path
 
-from sweeplab.cache import build_once
 from sweeplab.config import GgufSource
 from sweeplab.errors import ConfigError
+from sweeplab.models.cache import build_once
 
 log = logging.getLogger(__name__)
 

@@ -4,71 +4,21 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import Sampler
 
+from sweeplab.data.sampler import EpochSeededSampler
 from sweeplab.errors import ConfigError
 from sweeplab.outputs import disk_full
-
-
-class EpochSeededSampler(Sampler[int]):
-    """A shuffle drawn from (seed, epoch) alone, so a resumed run redraws it and skips what it trained on.
-
-    torchdata's StatefulDataLoader (0.11.0) resumes the current epoch, but every later epoch comes out in
-    another order than an uninterrupted run's: it saves its generator from the epoch start, not the draws
-    the loader makes from it afterwards. Nothing here carries state between epochs.
-    """
-
-    def __init__(self, n: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1) -> None:
-        self.n = n
-        self.seed = seed
-        self.lengths = lengths  # given: batches of similar lengths (data.group_by_length, packed rows)
-        self.batch_size = batch_size
-        self.epoch = 0
-        self.skip = 0  # samples of this epoch already trained on; used once, by the next iteration
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch  # Lightning calls this at every epoch start
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        order = list(range(self.n))
-        rng = random.Random(f"{self.seed}/{self.epoch}")  # str seed: stable across runs
-        rng.shuffle(order)
-        if self.lengths is not None:
-            order = self._grouped(order, rng)
-        skip, self.skip = self.skip, 0
-        return iter(order[skip:])
-
-    def _grouped(self, order: list[int], rng: random.Random) -> list[int]:
-        """Windows of 50 batches of the shuffle, sorted by length and cut into batches, batches shuffled.
-
-        Windows and batches are whole multiples of batch_size, so skipping k batches stays exact.
-        """
-        lengths, size = self.lengths, self.batch_size
-        window = 50 * size
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
-            batches += [chunk[k : k + size] for k in range(0, len(chunk), size)]
-        last = batches.pop() if len(order) % size else None  # a short batch stays last
-        rng.shuffle(batches)
-        return [i for batch in batches + ([last] if last else []) for i in batch]
 
 
 class DataPosition(Callback):
@@ -108,30 +58,6 @@ class DataPosition(Callback):
             epoch, batches = epoch + 1, 0
         self.sampler.set_epoch(epoch)
         self.sampler.skip = batches * self.batch_size
-
-
-def rng_state() -> dict[str, Any]:
-    """torch, CUDA, python and numpy generator states as tensors and plain values: weights-only loadable."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": (version, torch.tensor(mt, dtype=torch.int64), gauss),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt.tolist()), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

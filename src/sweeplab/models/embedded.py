@@ -21,9 +21,9 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sweeplab.cache import build_once
-from sweeplab.chatml import CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD, SPECIAL_TOKENS
 from sweeplab.config import EmbeddedRecipe
+from sweeplab.data.chatml import CHAT_TEMPLATE, EOS, IM_END, IM_START, PAD, SPECIAL_TOKENS
+from sweeplab.models.cache import build_once
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ class StorageUnreachable(SweeplabError):
 
 
 # Set by a thread that gave up (the heartbeat, a pruning report): training saves last.ckpt and stops
-# at the next step boundary (sweeplab.interrupt.GracefulStop), then the sweep exits with LOST_ERROR.
+# at the next step boundary (sweeplab.training.interrupt.GracefulStop), then the sweep exits with LOST_ERROR.
 LOST = threading.Event()
 LOST_ERROR: list[StorageUnreachable] = []
 

@@ -1,6 +1,6 @@
 """Which rank this process is, and the ranks it started: light enough for the job's first lines.
 
-sweeplab.distributed starts ranks 1..N-1 of a multi-device trial; this module ends them with the job.
+sweeplab.training.distributed starts ranks 1..N-1 of a multi-device trial; this module ends them with the job.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in every sweep worker: it runs trials and spawns no workers
 LAUNCHED: list[Any] = []  # TrialLaunchers that started ranks in this process and wait to be ended
 # What Lightning's launcher writes into rank 0's environment; put back after each trial, or the next
 # trial in this process (a sweep worker) would believe its ranks were started for it.

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from sweeplab import reuse
 from sweeplab.config import TARGET_SETS, LoraConfig, ModelConfig
 from sweeplab.errors import ConfigError
-from sweeplab.lora_dropout import use_fast_dropout
+from sweeplab.models.lora_dropout import use_fast_dropout
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> str:
     """The embedded base is built and a GGUF converted (once) into the cache; else a hub id or local dir."""
     if cfg.embedded is not None:
-        from sweeplab.base import ensure_base
+        from sweeplab.models.embedded import ensure_base
 
         return str(ensure_base(cfg.embedded, cache_dir).resolve())
     if cfg.gguf is not None:
-        from sweeplab.gguf import ensure_converted
+        from sweeplab.models.gguf import ensure_converted
 
         return str(ensure_converted(cfg.gguf, cache_dir))
     path = Path(cfg.name_or_path).expanduser()

@@ -12,7 +12,6 @@ from typing import Any
 import optuna
 
 TRIAL_ENV = "SWEEPLAB_TRIAL_ID"
-WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in every sweep worker: it runs trials and spawns no workers
 _storages: dict[tuple[str, float], Any] = {}  # (url, timeout) -> the storage this process's trials use
 PRUNERS = {
     "none": optuna.pruners.NopPruner,
@@ -47,7 +46,7 @@ def trial_from_env(sweeper_cfg: Any, max_steps: int | None = None) -> optuna.Tri
     if not trial_id or sweeper_cfg is None or "pruner" not in sweeper_cfg:
         return None
     pruner = build_pruner(sweeper_cfg.pruner, dict(sweeper_cfg.get("pruner_kwargs") or {}), max_steps)
-    from sweeplab.storage_retry import RetryingRDBStorage
+    from sweeplab.sweep.storage_retry import RetryingRDBStorage
 
     # The sweeper's own storage settings: a database restart during training costs this job nothing.
     key = (str(sweeper_cfg.storage), sweeper_cfg.get("storage_timeout", 180))

@@ -1,0 +1,1 @@
+"""A trial's side of a sweep: its Optuna handle, pruning, storage retries, the W&B summary."""

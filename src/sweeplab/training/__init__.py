@@ -1,0 +1,1 @@
+"""One run: LightningModule, Trainer, loggers, resume, interrupts, ranks, multi-device."""
