@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls bench-search-real clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -83,6 +83,11 @@ bench-trl: install-bench  ## sweeplab vs TRL's SFTTrainer (padded, padding-free,
 
 bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, small sweep (~1 h on CPU)
 	$(PY) bench/bench_toolcalls.py --out BENCHMARKS.md
+
+# 3 seeds x (3 hand-set runs + a search of 4 runs' compute) on SmolLM2-135M; kept results
+# (bench/search_real/*.json) are reused, so a rerun only runs what is missing.
+bench-search-real: install  ## the default search vs hand-set runs on a real model: test tool calls, compute
+	$(PY) bench/bench_search_real.py --out BENCHMARKS.md
 
 clean:  ## remove run outputs and caches (not the venv, not ~/.cache/sweeplab)
 	rm -rf outputs .pytest_cache .ruff_cache
