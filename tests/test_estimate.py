@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from sweeplab.config import validate
-from sweeplab.estimate import Estimate, estimate, quant_constant_bytes
+from sweeplab.models.estimate import Estimate, estimate, quant_constant_bytes
 from tests.conftest import make_cfg
 
 QWEN = ["model=qwen2.5-1.5b", "data.batch_size=1", "data.max_seq_len=2048"]

@@ -27,7 +27,8 @@ from sweeplab import reuse
 from sweeplab.config import CONF_DIR, RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.quiet import quiet_library_noise
-from sweeplab.secrets import install_log_redaction, redact, redact_file, redact_text
+from sweeplab.secrets import install_log_redaction, redact, redact_text
+from sweeplab.training.outputs import write_config, write_outputs
 from sweeplab.training.ranks import is_rank_zero, trial_ranks
 
 log = logging.getLogger("sweeplab.train")
@@ -89,10 +90,9 @@ def fit(
 
     from sweeplab.data import build_datasets, loaders
     from sweeplab.data.datasets import cache_key
-    from sweeplab.eval.splits import base_cache_path, build_evaluators, score_test
-    from sweeplab.models.build import build_model, count_parameters, load_tokenizer, resolve_model_dir
+    from sweeplab.eval.splits import build_evaluators
+    from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
     from sweeplab.models.precision import resolve_placement
-    from sweeplab.outputs import save_adapter, write_json
     from sweeplab.training.distributed import (
         broadcast_from_rank_zero,
         build_strategy,
@@ -137,7 +137,7 @@ def fit(
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
     # Only the class each entry names: a nested _target_ inside its arguments would be refused.
     extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
-    pruning = []
+    pruning, clock = [], None
     if trial is not None or follower:
         from sweeplab.sweep.pruning import PruningCallback
 
@@ -196,76 +196,24 @@ def fit(
     adapter_state = gathered_state(trainer)
     if not trainer.is_global_zero:
         return objective  # rank 0 writes the adapter and metrics, and tells Optuna
-    save_adapter(module.model, tokenizer, run_dir / "adapter", adapter_state)
-    if module.predictions:  # the last generating validation's answers, for reading the failures
-        from sweeplab.eval.splits import write_jsonl
-
-        write_jsonl(run_dir / "predictions_val.jsonl", module.predictions)
-    test = {}
-    if test_eval is not None:
-        model_key = {
-            "dir": model_dir,
-            "quant": rc.model.quant.model_dump(),
-            "device": placement.device,
-            "precision": placement.precision,
-        }
-        base_cache = base_cache_path(rc.paths.cache_dir, test_eval, model_key)
-        test = score_test(module.model, test_eval, run_dir, base_cache)
-        for logger in trainer.loggers:  # test/* and base/* beside the curves, for dashboard comparison
-            logger.log_metrics({k: v for k, v in test.items() if "/" in k}, step=trainer.global_step)
-            logger.save()  # fit has ended, so nothing else flushes the CSV logger's buffer
-        log.info(
-            "test split (%d chats): tool_exact %.3f (base %.3f), args_acc %.3f, tool_name_acc %.3f, "
-            "json_valid %.3f",
-            test["test_chats"],
-            test["test/tool_exact"],
-            test["base/tool_exact"],
-            test["test/args_acc"],
-            test["test/tool_name_acc"],
-            test["test/json_valid"],
-        )
-    trainable, total = count_parameters(module.model)
-    base_val = [h for h in module.val_history if h["step"] == 0]
-    peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if placement.device != "cpu" else _peak_rss_mb()
-    metrics = {
-        "objective": {"metric": metric, "direction": rc.objective.resolved_direction, "value": best[metric]},
-        "best": best,  # the validation whose weights are the adapter
-        "final": final,
-        **test,  # test/* (the adapter) and base/* (the untouched base) on the held-out test split
-        "best_val_loss": min(h["val/loss"] for h in trained),
-        "best_step": best["step"],
-        "final_val_loss": final["val/loss"],
-        "final_val_ppl": final["val/ppl"],
-        "final_val_acc": final["val/acc"],
-        "base_val_loss": base_val[0]["val/loss"] if base_val else None,
-        "steps": trainer.global_step,
-        "stopped_early": trainer.global_step < rc.trainer.max_steps,
-        "tokens_per_s": module.tokens_per_s,
-        "train_tokens": module.train_tokens,  # non-pad
-        "data/useful_fraction": module.useful_fraction,  # non-pad over processed tokens
-        "peak_mem_mb": peak_mem_mb,
-        "trainable_params": trainable,
-        "total_params": total,
-        "lora_scaling": rc.lora.scaling,
-        "precision": placement.precision,
-        "device": placement.device,
-        "strategy": rc.trainer.strategy,
-        "world_size": trainer.world_size,  # processes; tokens_per_s is rank 0's share
-        "lora_sha256": lora_sha256,
-        "base_model": model_dir,
-        "wall_s": time.perf_counter() - started,
-        "eval_s": sum(e.seconds for e in (val_eval, test_eval) if e is not None),  # decoding, not training
-        "data": stats.__dict__ if hasattr(stats, "__dict__") else dict(stats),
-        "val_history": module.val_history,
-    }
-    write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
-    if trial is not None:
-        for key in ("steps", "best_step", "wall_s", "eval_s", "tokens_per_s", "base_val_loss", *test):
-            trial.set_user_attr(key, metrics[key])
-        trial.set_user_attr("startup_s", clock.seconds)  # trial start to its first optimizer step
-    start = f"{base_val[0][metric]:.4f}" if base_val and metric in base_val[0] else "n/a"
-    log.info(
-        "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
+    write_outputs(
+        rc,
+        run_dir,
+        trainer,
+        module,
+        tokenizer,
+        adapter_state,
+        best=best,
+        final=final,
+        trained=trained,
+        evaluators=(val_eval, test_eval),
+        model_dir=model_dir,
+        placement=placement,
+        stats=stats,
+        lora_sha256=lora_sha256,
+        started=started,
+        trial=trial,
+        clock=clock,
     )
     return objective
 
@@ -319,23 +267,7 @@ def _models_alive(current: Any) -> int:
 _MODULES: weakref.WeakSet = weakref.WeakSet()  # every QLoRAModule fit built; a WeakSet keeps none alive
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def redact_hydra_files(run_dir: Path, hydra_cfg: Any) -> None:
-    """Hydra saved the overrides as typed (a storage password, a token) before this job started."""
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-        redact_file(run_dir / str(hydra_cfg.output_subdir or ".hydra") / name)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        redact_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
-
-
 def run(cfg: DictConfig) -> float:
-    from sweeplab.outputs import atomic_write_text
-
     install_log_redaction()  # Hydra set up this job's log handlers just before calling us
     quiet_library_noise()
     sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv in every run's metadata
@@ -364,8 +296,7 @@ def run(cfg: DictConfig) -> float:
         check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))  # also what W&B logs
     if rank_zero:
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-        redact_hydra_files(run_dir, hydra_cfg)
+        write_config(run_dir, resolved, hydra_cfg)
     trial = None
     in_sweep = bool(os.environ.get("SWEEPLAB_TRIAL_ID"))
     if in_sweep and rank_zero:  # only inside a sweeplab sweep: optuna stays unimported

@@ -120,7 +120,7 @@ def layer_targets(model: torch.nn.Module, targets: str | list[str]) -> str | lis
 
 
 def peft_lora_config(model: torch.nn.Module, lora: LoraConfig) -> PeftLoraConfig:
-    """The adapter as peft takes it; sweeplab.estimate wraps its meta model with the very same."""
+    """The adapter as peft takes it; sweeplab.models.estimate wraps its meta model with the very same."""
     check_targets(model, lora)
     depth = model.config.get_text_config().num_hidden_layers
     layers = lora.resolve_layers(depth, model.config.name_or_path)
