@@ -28,37 +28,11 @@ from sweeplab.config import CONF_DIR, RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.quiet import quiet_library_noise
 from sweeplab.secrets import install_log_redaction, redact, redact_text
-from sweeplab.training.outputs import write_config, write_outputs
 from sweeplab.training.ranks import is_rank_zero, trial_ranks
+from sweeplab.training.results import write_config, write_outputs
 
 log = logging.getLogger("sweeplab.train")
 TRUSTED_TARGETS = ["sweeplab.*", "hydra_plugins.*", "hydra._internal.*", "optuna.samplers.*", "logging.*"]
-
-
-def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str | None:
-    """'last': this run dir's last.ckpt, else the newest unfinished run's; or a .ckpt / run dir path."""
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        own = run_dir / "checkpoints" / "last.ckpt"
-        if own.exists():
-            return str(own)
-        candidates = [
-            p
-            for p in (output_root / "runs").glob("*/checkpoints/last.ckpt")
-            if not (p.parents[1] / "metrics.json").exists()
-        ]
-        if not candidates:
-            raise ConfigError(
-                f"ckpt_path=last: no unfinished run with checkpoints/last.ckpt under {output_root / 'runs'}"
-            )
-        return str(max(candidates, key=lambda p: p.stat().st_mtime))
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint at {path}; use 'last', a .ckpt file or a run dir")
-    return str(path)
 
 
 def preflight_model(rc: RunConfig) -> None:
@@ -141,7 +115,8 @@ def fit(
     if trial is not None or follower:
         from sweeplab.sweep.pruning import PruningCallback
 
-        pruning = [PruningCallback(trial, monitor=rc.objective.metric)]
+        sign = 1.0 if rc.objective.watched_mode == rc.objective.mode else -1.0
+        pruning = [PruningCallback(trial, monitor=rc.objective.watched, sign=sign)]
     if trial is not None:
         from sweeplab.sweep.pruning import StartupClock
 
@@ -289,14 +264,22 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_model(rc)
     preflight_data(rc)
-    ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
-    if ckpt is not None:
-        from sweeplab.training.resume import check_checkpoint
+    ckpt = None
+    if rc.ckpt_path is not None:
+        from sweeplab.training.resume import check_checkpoint, resolve_ckpt
 
+        ckpt = resolve_ckpt(rc.ckpt_path, run_dir, Path(rc.paths.output_root))
         check_checkpoint(ckpt)  # before the model loads: a file that would run code is refused in seconds
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))  # also what W&B logs
     if rank_zero:
         write_config(run_dir, resolved, hydra_cfg)
+    if rc.lr_range_test is not None:  # a sweep's first phase: where the lr range lies, no adapter
+        from sweeplab.training.lr_range import run_range_test
+
+        try:
+            return run_range_test(rc, run_dir, keep=reuse.enabled(hydra_cfg.mode == RunMode.MULTIRUN))
+        finally:
+            reuse.end_trial(clean=sys.exc_info()[1] is None)
     trial = None
     in_sweep = bool(os.environ.get("SWEEPLAB_TRIAL_ID"))
     if in_sweep and rank_zero:  # only inside a sweeplab sweep: optuna stays unimported
@@ -310,20 +293,13 @@ def run(cfg: DictConfig) -> float:
         failed = False
         return objective
     finally:
-        finish_wandb_run(failed)
+        if "wandb" in sys.modules:  # else no run can be open, and the loggers module stays unimported
+            from sweeplab.training.loggers import finish_wandb_run
+
+            finish_wandb_run(failed)
         # A pruned trial stopped cleanly at a validation; any other failure may have left its base
         # half-wrapped (an OOM mid-step), so the next trial loads a fresh one.
         reuse.end_trial(clean=not failed or type(sys.exc_info()[1]).__name__ == "TrialPruned")
-
-
-def finish_wandb_run(failed: bool) -> None:
-    """Lightning's WandbLogger leaves its run open: the next trial in this process would log into it."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        try:
-            wandb.finish(exit_code=1 if failed else 0)
-        except Exception as exc:  # noqa: BLE001 - a logging hiccup must not fail a finished run
-            log.warning("could not close the W&B run: %s", exc)
 
 
 def resume_command(hydra_cfg: Any) -> str:

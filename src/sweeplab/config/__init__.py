@@ -15,7 +15,7 @@ from sweeplab.config.lora import TARGET_SETS, LoraConfig
 from sweeplab.config.model import EmbeddedRecipe, GgufSource, ModelConfig, QuantConfig
 from sweeplab.config.objective import GENERATION_METRICS, OBJECTIVE_METRICS, ObjectiveConfig
 from sweeplab.config.optim import OptimConfig
-from sweeplab.config.run import PathsConfig, RunConfig, validate
+from sweeplab.config.run import LrRangeTestConfig, PathsConfig, RunConfig, validate
 from sweeplab.config.trainer import DEEPSPEED_PIN, GPU_ONLY_STRATEGIES, TrainerConfig, strategy_problems
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "GgufSource",
     "LoggerConfig",
     "LoraConfig",
+    "LrRangeTestConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "OptimConfig",

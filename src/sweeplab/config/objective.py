@@ -27,12 +27,24 @@ class ObjectiveConfig(Schema):
 
     metric: str = "val/loss"
     direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: the metric's own sense
+    # What validations before the last are judged by (pruning rungs, early stopping, best.ckpt); the
+    # last one, and so the adapter and the trial's value, by `metric`. null: `metric` throughout.
+    # val/loss lets a tool-call objective decode answers once, at the end, instead of at every rung.
+    intermediate: str | None = None
 
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, metric: str) -> str:
         if metric not in OBJECTIVE_METRICS:
             raise ValueError(f"must be one of {list(OBJECTIVE_METRICS)}")
+        return metric
+
+    @field_validator("intermediate")
+    @classmethod
+    def _cheap_metric(cls, metric: str | None) -> str | None:
+        cheap = [m for m in OBJECTIVE_METRICS if m not in GENERATION_METRICS]
+        if metric is not None and metric not in cheap:
+            raise ValueError(f"must be null or one of {cheap} (measured without decoding)")
         return metric
 
     @model_validator(mode="after")
@@ -58,3 +70,17 @@ class ObjectiveConfig(Schema):
     @property
     def needs_generation(self) -> bool:
         return self.metric in GENERATION_METRICS
+
+    @property
+    def watched(self) -> str:
+        """The metric of the validations before the last one."""
+        return self.intermediate or self.metric
+
+    @property
+    def watched_mode(self) -> Literal["min", "max"]:
+        return "min" if OBJECTIVE_METRICS[self.watched] == "minimize" else "max"
+
+    @property
+    def generates_last_only(self) -> bool:
+        """A generation objective judged by a cheap metric until the end: decode at the last validation."""
+        return self.needs_generation and self.intermediate is not None

@@ -25,6 +25,22 @@ class PathsConfig(Schema):
     cache_dir: str
 
 
+class LrRangeTestConfig(Schema):
+    """Set (a sweep's first phase does): the job runs an lr range test instead of training."""
+
+    steps: int = Field(default=20, ge=3)  # optimizer steps, lr rising exponentially from min_lr to max_lr
+    min_lr: float = Field(default=1e-5, gt=0)
+    max_lr: float = Field(default=1e-1, gt=0)
+
+    @model_validator(mode="after")
+    def _rising(self) -> LrRangeTestConfig:
+        if self.max_lr <= self.min_lr:
+            raise ValueError(
+                f"lr_range_test.max_lr ({self.max_lr}) must be > lr_range_test.min_lr ({self.min_lr})"
+            )
+        return self
+
+
 class RunConfig(Schema):
     seed: int = 42
     run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:=,+-]*$")  # one directory under runs/
@@ -39,12 +55,16 @@ class RunConfig(Schema):
     paths: PathsConfig
     objective: ObjectiveConfig = ObjectiveConfig()
     eval: EvalConfig = EvalConfig()
+    lr_range_test: LrRangeTestConfig | None = None
 
     @property
     def generate_every(self) -> int:
-        """eval.generate_every, resolved: a generation objective needs answers at every validation."""
+        """eval.generate_every, resolved: a generation objective needs answers at every validation,
+        or only at the last one when objective.intermediate judges the others (0: the last only)."""
         if self.eval.generate_every is not None:
             return self.eval.generate_every
+        if self.objective.generates_last_only:
+            return 0
         return 1 if self.objective.needs_generation else 3
 
     @model_validator(mode="after")

@@ -25,9 +25,12 @@ class PruningCallback(L.Callback):
     order, at the next validation that reaches the storage; no pruning decision is taken meanwhile.
     """
 
-    def __init__(self, trial: optuna.Trial | None, monitor: str = "val/loss") -> None:
+    def __init__(self, trial: optuna.Trial | None, monitor: str = "val/loss", sign: float = 1.0) -> None:
         self.trial = trial  # None on ranks > 0 of a multi-device trial: they follow rank 0's decision
         self.monitor = monitor
+        # -1: the monitored metric runs against the study's direction (val/loss rungs of a study that
+        # maximizes tool calls): reported negated, so the pruner compares in the study's own sense.
+        self.sign = sign
         self.pruned_at: int | None = None
         self.pending: dict[int, float] = {}  # step -> value, not yet stored
 
@@ -47,7 +50,7 @@ class PruningCallback(L.Callback):
         if value is None or not math.isfinite(float(value)):
             return False
         step = trainer.global_step
-        self.pending[step] = float(value)
+        self.pending[step] = self.sign * float(value)
         # The final validation (trainer.validate, after fit) and the one at max_steps may be the
         # trial's result: reported so the curve is whole, but pruning them saves no work and
         # would throw a finished result away (successive halving's rungs can fall on max_steps).

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,13 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]) -> Lo
     # Lightning 2.6 always passes anonymous=None, and wandb 0.31 warns that the setting is gone.
     logger._wandb_init.pop("anonymous", None)
     return logger
+
+
+def finish_wandb_run(failed: bool) -> None:
+    """Lightning's WandbLogger leaves its run open: the next trial in this process would log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        try:
+            wandb.finish(exit_code=1 if failed else 0)
+        except Exception as exc:  # noqa: BLE001 - a logging hiccup must not fail a finished run
+            log.warning("could not close the W&B run: %s", exc)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
-from sweeplab.config import ObjectiveConfig, OptimConfig
+from sweeplab.config import OBJECTIVE_METRICS, ObjectiveConfig, OptimConfig
 from sweeplab.data.packing import real_tokens
 from sweeplab.errors import DivergedError
 from sweeplab.models.label_head import LabelLogits
@@ -169,6 +169,7 @@ class QLoRAModule(L.LightningModule):
         shown = {
             "val/loss",
             self.objective.metric,
+            self.objective.watched,
         }  # the progress bar: the loss and what the run is judged by
         self.log_dict({k: v for k, v in entry.items() if k in shown}, prog_bar=True)
         self.log_dict({k: v for k, v in entry.items() if k not in shown and k != "step"})
@@ -178,17 +179,27 @@ class QLoRAModule(L.LightningModule):
         self.val_history.append(entry)
 
     def _generation_due(self) -> bool:
-        """Every generate_every-th validation (the first included), and always the last one."""
+        """Every generate_every-th validation (the first included), and always the last one (0: only it)."""
         if self.evaluator is None:
             return False
         final = self.global_step >= self.max_steps or (
             self.trainer.state.fn == "validate" and self.global_step > 0  # the run's closing validation
         )
-        return final or len(self.val_history) % self.generate_every == 0
+        return final or (self.generate_every > 0 and len(self.val_history) % self.generate_every == 0)
 
     def better(self, a: dict[str, float], b: dict[str, float]) -> bool:
-        """a beats b on the objective; an accuracy tie goes to the lower val/loss."""
+        """a beats b on the objective; an accuracy tie goes to the lower val/loss.
+
+        With objective.intermediate, only the last validation measures the objective: one that does
+        beats one that does not, and two that do not compare by the intermediate metric."""
         metric = self.objective.metric
+        if metric not in a or metric not in b:
+            if (metric in a) != (metric in b):
+                return metric in a
+            metric = self.objective.watched
+            if OBJECTIVE_METRICS[metric] == "minimize":
+                return a[metric] < b[metric]
+            return a[metric] > b[metric]
         if a[metric] != b[metric]:
             return a[metric] < b[metric] if self.objective.mode == "min" else a[metric] > b[metric]
         return a["val/loss"] < b["val/loss"]

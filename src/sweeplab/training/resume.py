@@ -107,3 +107,29 @@ def check_checkpoint(path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - a file torch cannot read is no checkpoint to resume from
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"ckpt_path: {path} is not a readable checkpoint (truncated?): {reason}") from None
+
+
+def resolve_ckpt(ckpt_path: str | None, run_dir: Path, output_root: Path) -> str | None:
+    """'last': this run dir's last.ckpt, else the newest unfinished run's; or a .ckpt / run dir path."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        own = run_dir / "checkpoints" / "last.ckpt"
+        if own.exists():
+            return str(own)
+        candidates = [
+            p
+            for p in (output_root / "runs").glob("*/checkpoints/last.ckpt")
+            if not (p.parents[1] / "metrics.json").exists()
+        ]
+        if not candidates:
+            raise ConfigError(
+                f"ckpt_path=last: no unfinished run with checkpoints/last.ckpt under {output_root / 'runs'}"
+            )
+        return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint at {path}; use 'last', a .ckpt file or a run dir")
+    return str(path)

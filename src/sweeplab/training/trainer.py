@@ -47,8 +47,8 @@ def build_callbacks(rc: RunConfig, run_dir: Path) -> list[Callback]:
     if es.enabled:
         callbacks.append(
             EarlyStopping(
-                monitor=objective.metric,
-                mode=objective.mode,
+                monitor=objective.watched,
+                mode=objective.watched_mode,
                 patience=es.patience,
                 min_delta=es.min_delta,
                 check_on_train_epoch_end=False,  # judge on validations, not epoch ends
@@ -60,8 +60,8 @@ def build_callbacks(rc: RunConfig, run_dir: Path) -> list[Callback]:
             ModelCheckpoint(
                 dirpath=run_dir / "checkpoints",
                 filename="best",
-                monitor=objective.metric,
-                mode=objective.mode,
+                monitor=objective.watched,
+                mode=objective.watched_mode,
                 save_top_k=1 if ck.save_best else 0,
                 save_last=ck.save_last,
                 auto_insert_metric_name=False,
