@@ -131,6 +131,9 @@ def test_numeric_string_is_a_type_mismatch():
 def test_string_normalization():
     assert normalize_string("C25/30") == normalize_string("c25 30") == "c2530"
     assert normalize_string("Linear-Static_ *^.,") == "linearstatic"
+    # BFCL standardizes quotes too: a single-quoted span matches the double-quoted one.
+    assert normalize_string("Beam 'B1'") == normalize_string('beam "B1"') == 'beam"b1"'
+    assert values_match("Beam 'B1'", 'beam "B1"') and not values_match("Beam 'B1'", "beam B1")
     assert values_match("C25/30", "c25 30") and values_match("linear static", "linear_static")
     mat = ToolCall("POST /db/material", {"id": 1, "type": "timber"})
     _, verdict = score(mat, '{"name": "POST /db/material", "arguments": {"id": 1, "type": "steel"}}')

@@ -171,8 +171,8 @@ def call_from_message(message: dict) -> ToolCall | None:
 
 
 def normalize_string(value: str) -> str:
-    """BFCL's rule: lowercase, and drop spaces and , . / - _ * ^ ("C25/30" -> "c2530")."""
-    return _IGNORED_CHARS.sub("", value).lower()
+    """BFCL's rule: lowercase, drop spaces and , . / - _ * ^ ("C25/30" -> "c2530"), and ' becomes "."""
+    return _IGNORED_CHARS.sub("", value).lower().replace("'", '"')
 
 
 def _kind(value: Any) -> str:
