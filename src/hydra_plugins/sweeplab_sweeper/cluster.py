@@ -15,13 +15,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import optuna
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
+from hydra_plugins.sweeplab_sweeper.outcome import raise_interrupt
+from hydra_plugins.sweeplab_sweeper.recovery import fail_lost_trials
+from hydra_plugins.sweeplab_sweeper.study import log_to_wandb, summarize
 from sweeplab.secrets import redact_text
 from sweeplab.training.ranks import WORKER_ENV
 
@@ -195,3 +202,71 @@ def cancel(jobs: list[Any]) -> None:
     for job in jobs:
         if not job.done():
             job.cancel(check=False)
+
+
+def run_on_cluster(
+    study: optuna.Study,
+    lock: Callable[[], Any],
+    sweep_dir: Path,
+    url: str,
+    launcher: Any,
+    kind: str,
+    n_jobs: int,
+    n_trials: int,
+    max_retries: int,
+    wait: bool,
+    config: DictConfig,
+) -> None:
+    """This command trains nothing: it submits n_jobs workers, then waits and summarizes, or returns."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    jobs = submit_workers(launcher, n_jobs, detach=not wait)
+    if not wait:
+        for line in how_to_follow(jobs, kind, study.study_name, url):
+            log.info("%s", line)
+        return
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops the sweep like Ctrl-C
+        signal.signal(signal.SIGTERM, lambda signum, frame: raise_interrupt([], signum))
+    try:
+        failed = wait_for(jobs, lambda: progress(study, n_trials))
+        wait_for_running(study, lock, max_retries)
+    except KeyboardInterrupt:
+        cancel(jobs)
+        log.warning(
+            "sweep stopped: worker jobs %s cancelled (their running trials are stored FAIL and queued "
+            "again); run the same command again to resume",
+            " ".join(job.job_id for job in jobs),
+        )
+        sys.exit(130)
+    summarize(study, sweep_dir)
+    log_to_wandb(study, config, sweep_dir)
+    done = finished(study)
+    if failed and done < n_trials:
+        log.error(
+            "%d of %d trials finished and %d worker jobs failed (logs above); run the same command "
+            "again to resume",
+            done,
+            n_trials,
+            len(failed),
+        )
+        sys.exit(1)
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+def progress(study: optuna.Study, n_trials: int) -> str:
+    return f"study {study.study_name}: {finished(study)} of {n_trials} trials done"
+
+
+def wait_for_running(study: optuna.Study, lock: Callable[[], Any], max_retries: int) -> None:
+    """Workers of an earlier submission (wait=false) or on other machines may still hold trials:
+    the summary waits for them; a dead worker's trial is failed (and queued) as a worker would."""
+    while True:
+        with lock():
+            fail_lost_trials(study, max_retries)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        log.info("waiting for %d trials still running in other workers", len(running))
+        time.sleep(POLL_S)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import optuna
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,17 @@ class MemoryGate:
 def gb(value: float) -> str:
     """One decimal as a person reads a memory size; two significant digits below 1 GB (tiny models)."""
     return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def prune_predicted(study: optuna.Study, trial: optuna.Trial, reason: str, predicted_gb: float) -> None:
+    """PRUNED, not FAIL: a region the sampler should avoid, not a crash counted toward max_failures."""
+    trial.set_user_attr("pruned_reason", reason)
+    trial.set_user_attr("predicted_memory_gb", round(predicted_gb, 4))
+    study.tell(trial, state=TrialState.PRUNED)
+    params = " ".join(f"{k}={v}" for k, v in trial.params.items())
+    log.info(
+        "trial %d PRUNED before launch (hydra.sweeper.max_memory_gb): %s; %s",
+        trial.number,
+        reason,
+        params,
+    )

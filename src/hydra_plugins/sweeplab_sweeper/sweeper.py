@@ -2,59 +2,61 @@
 
 Extends the upstream OptunaSweeperImpl (its search-space parsing, trial configuration and
 directions are reused); only `sweep()` is replaced, because upstream's is one block with no hooks.
+The study's set-up and summary live in study.py, what a finished job means in outcome.py, and the
+command that submits workers as cluster jobs and waits for them in cluster.py.
 """
 
 from __future__ import annotations
 
 import collections
-import gc
-import json
 import logging
-import math
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks, cluster
-from hydra_plugins.sweeplab_sweeper.memory import MemoryGate
-from hydra_plugins.sweeplab_sweeper.recovery import (
-    RESUME_ATTR,
-    STORAGE_LOST_NOTE,
-    RetryWithCheckpoint,
-    claim,
-    fail_lost_trials,
+from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
+from hydra_plugins.sweeplab_sweeper.outcome import (
+    SweepDiskFull,
+    SweepInterrupted,
+    beat,
+    interrupted,
+    note_storage_lost,
+    outcome,
+    raise_interrupt,
+    release_memory,
 )
+from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
-from sweeplab.config import validate
-from sweeplab.errors import (
-    ConfigError,
-    DataError,
-    DataLoaderFailed,
-    DiskFull,
-    DivergedError,
-    Interrupted,
-    OutOfMemory,
+from hydra_plugins.sweeplab_sweeper.study import (
+    configure_trials,
+    enqueue_recipes,
+    log_to_wandb,
+    open_study,
+    sampler_for,
+    set_metric,
+    summarize,
+    trials_since_best,
+    with_recipe,
 )
-from sweeplab.outputs import atomic_write_text
+from sweeplab.config import validate
 from sweeplab.secrets import install_log_redaction, redact_text
-from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable, give_up
-from sweeplab.sweep.trial import TRIAL_ENV, build_pruner
+from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
+from sweeplab.sweep.trial import TRIAL_ENV
 from sweeplab.training.ranks import WORKER_ENV
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning)
 
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
-RECIPE_OVERRIDES = "recipe_overrides"
-FIXED_ATTR = "fixed"  # a trial's values of the keys the sweep does not search (the command's overrides)
-SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 
 
 class SweeplabSweeperImpl(OptunaSweeperImpl):
@@ -96,28 +95,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
     def objective(self):
         return validate(self.config).objective
 
-    def sampler_for(self, n: int) -> optuna.samplers.BaseSampler:
-        """Seed mixed with the trial number: a fixed seed would make workers and resumed studies repeat
-        params; plain seed + n would make seed s+1 replay seed s shifted by one trial."""
-        seed = self.sampler_cfg.get("seed")
-        kwargs = {"seed": (seed * 1_000_003 + n) % 2**32} if seed is not None else {}
-        return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=SAMPLER_WHITELIST)
-
     def _configure_trials(self, trials, search_space_distributions, fixed_params, fixed_overrides):
-        """Upstream's, with the fixed values stored as one user attr: upstream stores each (every
-        command-line override is one), a commit apiece: 15 on the quick bench, ~20 ms per trial."""
-        overrides = []
-        for trial in trials:
-            for name, distribution in search_space_distributions.items():
-                trial._suggest(name, distribution)
-            if self.custom_search_space_extender:
-                self.custom_search_space_extender(self.config, trial)
-                if overlap := trial.params.keys() & fixed_params.keys():
-                    raise ValueError(f"the custom search space suggests fixed keys: {sorted(overlap)}")
-            trial.set_user_attr(FIXED_ATTR, dict(fixed_params))
-            params = {**trial.params, **fixed_params}
-            overrides.append(tuple(f"{name}={val}" for name, val in params.items()) + tuple(fixed_overrides))
-        return overrides
+        """Upstream's hook, kept an override: study.configure_trials says what it changes."""
+        extender = self.custom_search_space_extender
+        return configure_trials(
+            self.config, extender, trials, search_space_distributions, fixed_params, fixed_overrides
+        )
 
     def sweep(self, arguments: list[str]) -> None:
         install_log_redaction()  # the launcher logs every job's overrides, a storage URL among them
@@ -144,31 +127,18 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         LOST_ERROR.clear()
         with lock():
             storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.storage_timeout)
-            study = self.open_study(storage, url)
-            if study.metric_names is None:
-                study.set_metric_names([metric])
-            elif study.metric_names != [metric]:
-                checks.fail(
-                    "cannot resume the study",
-                    [
-                        f"study {self.study_name} optimizes {study.metric_names[0]}, but objective.metric="
-                        f"{metric}; set objective.metric={study.metric_names[0]} to resume it, or choose a "
-                        "new hydra.sweeper.study_name"
-                    ],
-                )
-            if not study.user_attrs.get("enqueued"):
-                for recipe in self.enqueue:
-                    params = dict(recipe["params"])
-                    # Keys outside the search space (lora.use_rslora: false for a recipe written with
-                    # alpha/r) are set by override for that trial only, so the recipe means what it says.
-                    outside = {k: v for k, v in params.items() if k not in distributions}
-                    study.enqueue_trial(
-                        {k: v for k, v in params.items() if k in distributions},
-                        user_attrs={"recipe": recipe["recipe"], RECIPE_OVERRIDES: outside},
-                    )
-                study.set_user_attr("enqueued", True)
-                study.set_user_attr("command", base_command())
-                study.set_user_attr("fixed", fixed)  # the space's fixed values: part of every trial's command
+            study = open_study(
+                storage,
+                url,
+                self.study_name,
+                self._get_directions(),
+                self.sampler_cfg,
+                self.pruner,
+                self.pruner_kwargs,
+                self.config.trainer.max_steps,
+            )
+            set_metric(study, metric)
+            enqueue_recipes(study, self.enqueue, distributions, fixed)
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         log.info(
             "study %s in %s: %d of %d trials done",
@@ -178,13 +148,25 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             self.n_trials,
         )
         if self.cluster and not os.environ.get(WORKER_ENV):
-            return self.run_on_cluster(study, lock, sweep_dir, url)
+            return cluster.run_on_cluster(
+                study,
+                lock,
+                sweep_dir,
+                url,
+                self.launcher,
+                self.cluster,
+                self.n_jobs,
+                self.n_trials,
+                self.max_retries,
+                self.wait,
+                self.config,
+            )
         workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
         received: list[int] = []
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (SLURM, Kubernetes) outside a training step: stop like Ctrl-C, not die at once
             # with the workers left running. Inside a step, GracefulStop takes both signals over.
-            signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt(received, signum))
+            signal.signal(signal.SIGTERM, lambda signum, frame: raise_interrupt(received, signum))
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         except (SweepInterrupted, KeyboardInterrupt) as stop:
@@ -207,105 +189,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 worker.wait()
         if not os.environ.get(WORKER_ENV):
             summarize(study, sweep_dir)
-            self.log_to_wandb(study, sweep_dir)
+            log_to_wandb(study, self.config, sweep_dir)
         if not complete:
             sys.exit(1)  # too many failures: the log above says which and why
-
-    def open_study(self, storage, url: str) -> optuna.Study:
-        """Create or resume the study; resuming one made for the other direction is refused."""
-        directions = self._get_directions()
-        try:
-            existing = [
-                d.name.lower()
-                for d in storage.get_study_directions(storage.get_study_id_from_name(self.study_name))
-            ]
-        except KeyError:  # no such study yet
-            existing = directions
-        if existing != directions:
-            checks.fail(
-                "cannot resume the study",
-                [
-                    f"study {self.study_name} in {redact_text(url)} was created to {existing[0]}, but this "
-                    f"sweep would {directions[0]}; choose a new hydra.sweeper.study_name"
-                ],
-            )
-        max_steps = self.config.trainer.max_steps
-        if self.pruner == "hyperband" and self.pruner_kwargs.get("max_resource", "auto") == "auto":
-            log.info("hyperband pruner: max_resource=auto is trainer.max_steps=%d", max_steps)
-        return optuna.create_study(
-            study_name=self.study_name,
-            storage=storage,
-            sampler=self.sampler_for(0),
-            pruner=build_pruner(self.pruner, self.pruner_kwargs, max_steps),
-            directions=directions,
-            load_if_exists=True,
-        )
-
-    def log_to_wandb(self, study: optuna.Study, sweep_dir: Path) -> None:
-        logger = self.config.get("logger")
-        if logger is None or logger.get("backend") != "wandb":
-            return
-        from sweeplab.sweep.wandb_summary import log_sweep_summary
-
-        try:
-            log_sweep_summary(study, logger.project, sweep_dir, logger.get("mode", "auto"))
-        except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not fail a finished sweep
-            log.warning("could not log the W&B sweep summary: %s", exc)
-
-    def run_on_cluster(self, study: optuna.Study, lock, sweep_dir: Path, url: str) -> None:
-        """This command trains nothing: it submits n_jobs workers, then waits and summarizes, or returns."""
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = cluster.submit_workers(self.launcher, self.n_jobs, detach=not self.wait)
-        if not self.wait:
-            for line in cluster.how_to_follow(jobs, self.cluster, study.study_name, url):
-                log.info("%s", line)
-            return
-        if threading.current_thread() is threading.main_thread():  # SIGTERM stops the sweep like Ctrl-C
-            signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt([], signum))
-        try:
-            failed = cluster.wait_for(jobs, lambda: self.progress(study))
-            self.wait_for_running(study, lock)
-        except KeyboardInterrupt:
-            cluster.cancel(jobs)
-            log.warning(
-                "sweep stopped: worker jobs %s cancelled (their running trials are stored FAIL and queued "
-                "again); run the same command again to resume",
-                " ".join(job.job_id for job in jobs),
-            )
-            sys.exit(130)
-        summarize(study, sweep_dir)
-        self.log_to_wandb(study, sweep_dir)
-        done = self.finished(study)
-        if failed and done < self.n_trials:
-            log.error(
-                "%d of %d trials finished and %d worker jobs failed (logs above); run the same command "
-                "again to resume",
-                done,
-                self.n_trials,
-                len(failed),
-            )
-            sys.exit(1)
-
-    @staticmethod
-    def finished(study: optuna.Study) -> int:
-        return sum(
-            t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)
-        )
-
-    def progress(self, study: optuna.Study) -> str:
-        return f"study {study.study_name}: {self.finished(study)} of {self.n_trials} trials done"
-
-    def wait_for_running(self, study: optuna.Study, lock) -> None:
-        """Workers of an earlier submission (wait=false) or on other machines may still hold trials:
-        the summary waits for them; a dead worker's trial is failed (and queued) as a worker would."""
-        while True:
-            with lock():
-                fail_lost_trials(study, self.max_retries)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not running:
-                return
-            log.info("waiting for %d trials still running in other workers", len(running))
-            time.sleep(cluster.POLL_S)
 
     def spawn_workers(self, sweep_dir: Path) -> list[subprocess.Popen]:
         """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
@@ -354,7 +240,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                         self.patience,
                     )
                     return True
-                study.sampler = self.sampler_for(len(study.trials))
+                study.sampler = sampler_for(self.sampler_cfg, len(study.trials))
                 trial = study.ask()
                 claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
@@ -362,24 +248,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             # Outside the lock: sizing takes seconds, and other workers need not wait for it.
             predicted = self.memory.reason(self.hydra_context, self.config, overrides)
             if predicted is not None:
-                self.prune_predicted(study, trial, *predicted)
+                prune_predicted(study, trial, *predicted)
                 continue
             self.run_trial(study, storage, trial, overrides)
             if LOST.is_set():  # the heartbeat gave up after the trial had ended
                 raise LOST_ERROR[0]
-
-    def prune_predicted(self, study: optuna.Study, trial: optuna.Trial, reason: str, gb: float) -> None:
-        """PRUNED, not FAIL: a region the sampler should avoid, not a crash counted toward max_failures."""
-        trial.set_user_attr("pruned_reason", reason)
-        trial.set_user_attr("predicted_memory_gb", round(gb, 4))
-        study.tell(trial, state=TrialState.PRUNED)
-        params = " ".join(f"{k}={v}" for k, v in trial.params.items())
-        log.info(
-            "trial %d PRUNED before launch (hydra.sweeper.max_memory_gb): %s; %s",
-            trial.number,
-            reason,
-            params,
-        )
 
     def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
         recipe = trial.user_attrs.get("recipe")
@@ -440,146 +313,6 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         trial.set_user_attr("fail_kind", kind)
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
-
-
-def note_storage_lost(run_dir: Path | None, exc: StorageUnreachable) -> None:
-    """The storage went away outside a training step (the job's last writes, the tell): GracefulStop
-    wrote no note then, and without one the rerun would call the trial killed instead of cut off."""
-    note = run_dir / "checkpoints" / STORAGE_LOST_NOTE if run_dir is not None else None
-    if note is not None and note.parent.is_dir() and not note.exists():
-        atomic_write_text(note, f"{exc} (the sweep stopped)\n")
-
-
-def trials_since_best(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> int:
-    """Finished trials after the first one holding the best value (0 while none is COMPLETE)."""
-    finished = [
-        t
-        for t in sorted(trials, key=lambda t: t.number)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    ]
-    complete = [t for t in finished if t.state == TrialState.COMPLETE]
-    if not complete:
-        return 0
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    best = pick(complete, key=lambda t: t.value)  # the first of equal values: a tie is no improvement
-    return len(finished) - 1 - finished.index(best)
-
-
-def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
-    """A recipe's keys outside the search space replace the space's fixed values for its trial."""
-    extra = trial.user_attrs.get(RECIPE_OVERRIDES) or {}
-    kept = [o for o in overrides if o.split("=", 1)[0] not in extra]
-    return kept + [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in extra.items()]
-
-
-def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("fail_kind") in ("interrupted", "disk_full", "storage")
-
-
-class SweepInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the trial is stored FAIL, its params queued again, the sweep stops."""
-
-
-class SweepDiskFull(Exception):
-    """A trial's outputs did not fit on the disk: it is stored FAIL (disk_full) and the sweep stops."""
-
-
-def beat(storage, trial_id: int, interval: int, stop: threading.Event) -> None:
-    """Optuna beats only inside study.optimize(); ask/tell sweeps must do it themselves."""
-    while True:
-        try:
-            storage.record_heartbeat(trial_id)  # retried while the storage is down
-        except StorageUnreachable as exc:
-            give_up(exc)  # training saves last.ckpt at the next step and the sweep ends
-            return
-        if stop.wait(interval):
-            return
-
-
-def _raise_interrupt(received: list[int], signum: int) -> None:
-    if received:
-        return  # one is enough: the first is being handled
-    received.append(signum)
-    raise KeyboardInterrupt
-
-
-def release_memory() -> None:
-    """A failed job's exception holds its frames and with them its model: collect both now.
-
-    Then freeze what survived (imports, a held base): a full collection over every object of torch and
-    transformers took ~0.35 s per trial; frozen, the next one scans only the next trial's objects.
-    sweeplab.reuse unfreezes before it lets a held base go, so a base in a cycle is still collected."""
-    gc.collect()
-    gc.freeze()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def fail_kind(exc: BaseException) -> str:
-    """A coarse class of the failure, for the report and for filtering in the dashboard."""
-    kinds = {
-        DivergedError: "diverged",
-        OutOfMemory: "oom",
-        DataLoaderFailed: "data",
-        DataError: "data",
-        ConfigError: "config",
-        Interrupted: "interrupted",
-        DiskFull: "disk_full",
-        StorageUnreachable: "storage",
-    }
-    return next((kind for cls, kind in kinds.items() if isinstance(exc, cls)), "error")
-
-
-def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]:
-    """(state, value, fail_reason, fail_kind) of a finished job."""
-    if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
-        # Read directly: Hydra's return_value getter prints "Error executing job", and pruning is no error.
-        return TrialState.PRUNED, None, None, None
-    try:
-        value = float(ret.return_value)  # re-raises the job's exception
-    except optuna.TrialPruned:
-        return TrialState.PRUNED, None, None, None
-    except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
-        text = f"{type(exc).__name__}: {exc}"
-        if "TrialPruned" in text:  # launchers that cannot pickle it send a RuntimeError naming it
-            return TrialState.PRUNED, None, None, None
-        return TrialState.FAIL, None, text[:2000], fail_kind(exc)
-    if not math.isfinite(value):
-        return TrialState.FAIL, None, f"objective is {value}", "diverged"
-    return TrialState.COMPLETE, value, None, None
-
-
-def base_command() -> str:
-    """The sweep command without the sweep, as the start of the best trial's command."""
-    args = [
-        a
-        for a in sys.argv[1:]
-        if not a.startswith(("--multirun", "-m", "hparams_search=", "hydra.", "hydra/"))
-    ]
-    return redact_text(" ".join(["python -m sweeplab.train", *args]))
-
-
-def summarize(study: optuna.Study, sweep_dir: Path) -> None:
-    states = collections.Counter(t.state.name for t in study.trials)
-    log.info("study %s: %s", study.study_name, dict(states))
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if not done:
-        log.error(
-            "no trial completed; see the trials' fail_reason (python -m sweeplab.report %s)", study.study_name
-        )
-        return
-    best = study.best_trial
-    metric = study.metric_names[0] if study.metric_names else "value"
-    log.info("best trial %d: %s %.4f with %s", best.number, metric, best.value, best.params)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    results = {
-        "name": "optuna",
-        "best_params": best.params,
-        "best_value": best.value,
-        "best_trial": best.number,
-    }
-    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
 
 
 class SweeplabSweeper(Sweeper):
