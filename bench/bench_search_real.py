@@ -138,6 +138,8 @@ def search(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
         "hydra.sweeper.study_name=bench",
         f"hydra.sweeper.budget={BUDGET}",
         f"hydra.sweeper.sampler.seed={1000 * seed}",
+        # Three validations a run: successive halving's first rung at a third of it.
+        f"trainer.val_every_n_steps={args.steps // 3}",
     ]
     run([sys.executable, "-m", "sweeplab.train", "--multirun", *overrides], out)
     study = optuna.load_study(study_name="bench", storage=f"sqlite:///{out / 'sweeps' / 'optuna.db'}")

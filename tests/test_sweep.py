@@ -251,3 +251,49 @@ def test_patience_stops_a_study_whose_best_stopped_moving(tmp_path: Path) -> Non
     assert "(hydra.sweeper.patience=2): stopping the sweep" in result.stdout + result.stderr
     again = sweep(tmp_path, *args)  # a rerun agrees instead of running more
     assert again.returncode == 0 and len(load(tmp_path, "hopeless").trials) == 3
+
+
+def test_tool_search_range_test_centre_recipes_and_budget(tmp_path: Path) -> None:
+    """hparams_search=qlora_tool_exact: a range test narrows optim.lr, the centre point runs first, then
+    the recipes; rungs are judged by val/loss, answers decoded at the end only; the budget stops it."""
+    result = sweep(
+        tmp_path,
+        "hparams_search=qlora_tool_exact",
+        "hydra.sweeper.study_name=t",
+        "hydra.sweeper.budget=3",
+        "hydra.sweeper.lr_range_test.steps=8",
+        "eval.n_generate=8",
+        "eval.max_new_tokens=24",
+        "data.n_test=8",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = load(tmp_path, "t")
+    test = study.user_attrs["lr_range_test"]
+    assert 1e-5 <= test["low"] < test["centre"] < test["high"] <= 1e-1 and test["steps"] <= 8
+    assert (tmp_path / "sweeps" / "t" / "lr_range_test" / "lr_range.json").is_file()
+    trials = sorted(study.trials, key=lambda t: t.number)
+    centre = trials[0]
+    assert centre.user_attrs["role"] == "centre"
+    assert centre.params["optim.lr"] == pytest.approx(test["centre"])
+    assert (centre.params["lora.r"], centre.params["lora.alpha"], centre.params["lora.targets"]) == (
+        16,
+        16,
+        "all-linear",
+    )
+    assert [t.user_attrs.get("recipe") for t in trials[1:3]] == ["qlora-toolcall", "guanaco"]
+    for t in trials[3:]:  # searched trials draw lr inside the range the test found
+        assert test["low"] <= t.params["optim.lr"] <= test["high"]
+    # Rungs are -val/loss (the study maximizes tool calls); a finished trial's value is tool_exact.
+    for t in trials:
+        run = tmp_path / "sweeps" / "t" / str(t.number)
+        if t.state == TrialState.COMPLETE:
+            metrics = json.loads((run / "metrics.json").read_text())
+            assert t.value == pytest.approx(metrics["best"]["val/tool_exact"])
+            generated = [h for h in metrics["val_history"] if "val/tool_exact" in h]
+            assert [h["step"] for h in generated] == [12]  # decoded once, at the end
+            assert t.intermediate_values[12] == pytest.approx(-metrics["final"]["val/loss"])
+        assert all(v < 0 for v in t.intermediate_values.values())
+    spent = sum(t.user_attrs["steps"] for t in trials) + test["steps"]
+    # No trial starts unless its first rung fits: at most one rung's overshoot past... none, here.
+    assert spent <= 3 * 12 + 12 - 4
+    assert "compute budget spent" in result.stderr + result.stdout

@@ -86,6 +86,17 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.patience must be >= 1 (finished trials) or null, got {patience}")
     if (limit := options["max_memory_gb"]) is not None and limit <= 0:
         problems.append(f"hydra.sweeper.max_memory_gb must be > 0 (GB) or null (no check), got {limit}")
+    if (budget := options.get("budget")) is not None and budget <= 0:
+        problems.append(f"hydra.sweeper.budget must be > 0 (runs of trainer.max_steps) or null, got {budget}")
+    test = options.get("lr_range_test")
+    if test is not None:
+        unknown = sorted(set(test) - {"steps"})
+        if unknown:
+            problems.append(f"hydra.sweeper.lr_range_test: {unknown} not keys; expected {{steps: N}} or null")
+        elif not isinstance(test.get("steps", 20), int) or test.get("steps", 20) < 3:
+            problems.append(
+                f"hydra.sweeper.lr_range_test.steps must be an integer >= 3, got {test.get('steps')}"
+            )
     if options["max_failure_rate"] is not None:
         problems.append(
             f"hydra.sweeper.max_failure_rate={options['max_failure_rate']} is not supported (upstream's "

@@ -59,6 +59,15 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # cancels the jobs; their running trials are queued again). false: it returns at once, printing
     # the job ids, their logs and how to follow; running it again resumes. Other launchers: must be true.
     wait: bool = True
+    # Opt-in: the compute the whole study may train, in runs of trainer.max_steps (optimizer steps of
+    # every trial, pruned and failed ones too, and the lr range test). No new trial starts once the
+    # next one's first rung would not fit; n_trials still caps the count. null: n_trials alone.
+    budget: float | None = None
+    # Opt-in: {steps: N} runs an lr range test before the first trial (N steps, lr rising exponentially
+    # over the optim.lr interval of params, at the space's centre: each choice's first value). optim.lr
+    # is then searched from lr_at_min_loss / 10**1.5 to lr_at_min_loss, the centre point at its
+    # middle runs first, then the recipes. Needs optim.lr as a log interval; counted in budget.
+    lr_range_test: dict[str, Any] | None = None
 
 
 ConfigStore.instance().store(

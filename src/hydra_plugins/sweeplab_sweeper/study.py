@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks
+from hydra_plugins.sweeplab_sweeper.phases import centre_point
 from sweeplab.secrets import redact_text
 from sweeplab.sweep.trial import build_pruner
 
@@ -103,19 +104,27 @@ def set_metric(study: optuna.Study, metric: str) -> None:
 
 
 def enqueue_recipes(
-    study: optuna.Study, recipes: Any, distributions: dict[str, Any], fixed: dict[str, Any]
+    study: optuna.Study,
+    recipes: Any,
+    distributions: dict[str, Any],
+    fixed: dict[str, Any],
+    notes: dict[str, str] | None = None,
 ) -> None:
-    """Once per study: queue the recipes, and store the command and fixed values every trial shares."""
+    """Once per study: queue the recipes, and store the command and fixed values every trial shares.
+    notes: recipe -> where its lr lies against the range test's range, kept on its trial."""
     if not study.user_attrs.get("enqueued"):
         for recipe in recipes:
             params = dict(recipe["params"])
             # Keys outside the search space (lora.use_rslora: false for a recipe written with
             # alpha/r) are set by override for that trial only, so the recipe means what it says.
             outside = {k: v for k, v in params.items() if k not in distributions}
-            study.enqueue_trial(
-                {k: v for k, v in params.items() if k in distributions},
-                user_attrs={"recipe": recipe["recipe"], RECIPE_OVERRIDES: outside},
-            )
+            # Searched keys the recipe does not name take the centre point's value (each choice's first),
+            # not a random draw: a recipe written for all linear layers must not train on attention.
+            params = {**centre_point(distributions), **params}
+            attrs = {"recipe": recipe["recipe"], RECIPE_OVERRIDES: outside}
+            if notes and notes.get(recipe["recipe"]):
+                attrs["lr_vs_range"] = notes[recipe["recipe"]]
+            study.enqueue_trial({k: v for k, v in params.items() if k in distributions}, user_attrs=attrs)
         study.set_user_attr("enqueued", True)
         study.set_user_attr("command", base_command())
         study.set_user_attr("fixed", fixed)  # the space's fixed values: part of every trial's command

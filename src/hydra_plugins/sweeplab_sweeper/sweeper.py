@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from hydra_plugins.sweeplab_sweeper import checks, cluster
+from hydra_plugins.sweeplab_sweeper import checks, cluster, phases
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
     SweepDiskFull,
@@ -86,6 +86,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.memory = MemoryGate(extra["max_memory_gb"])
         self.wait = extra["wait"]
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
+        self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
@@ -138,7 +139,17 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self.config.trainer.max_steps,
             )
             set_metric(study, metric)
-            enqueue_recipes(study, self.enqueue, distributions, fixed)
+            if study.user_attrs.get("max_steps") is None:  # the report counts compute in these runs
+                study.set_user_attr("max_steps", self.config.trainer.max_steps)
+                study.set_user_attr("budget", self.budget)
+            objective = self.objective
+            if objective.intermediate and study.user_attrs.get("rung_metric") is None:
+                # A pruned trial's value is its last rung's, in this metric's units (negated when it
+                # runs against the study's direction): the report must not read it as the objective.
+                sign = 1 if objective.watched_mode == objective.mode else -1
+                study.set_user_attr("rung_metric", {"name": objective.watched, "sign": sign})
+            if not phases.wanted(self.config, distributions):  # else after the range test's centre point
+                enqueue_recipes(study, self.enqueue, distributions, fixed)
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         log.info(
             "study %s in %s: %d of %d trials done",
@@ -213,11 +224,26 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         return workers
 
     def work(self, study, storage, lock, distributions, fixed, fixed_overrides) -> bool:
-        """Run trials until the study holds n_trials finished ones (True) or too many failed (False)."""
+        """Run trials until the study holds n_trials finished ones or its budget is spent (True), or too
+        many failed (False). The range test, when configured, comes first and narrows optim.lr."""
+        result = phases.ensure_range_test(self, study, lock, distributions, fixed, fixed_overrides)
+        if result is not None:
+            with lock():  # once per study: the recipes queue behind the centre point
+                notes = (
+                    phases.judge_recipes(self.enqueue, result) if not study.user_attrs.get("enqueued") else {}
+                )
+                enqueue_recipes(study, self.enqueue, distributions, fixed, notes)
+            distributions = phases.narrowed(distributions, result)
+        trainer = self.config.trainer
+        first_rung = (
+            min(trainer.val_every_n_steps, trainer.max_steps) if self.pruner != "none" else trainer.max_steps
+        )
         while True:
             with lock():
                 fail_lost_trials(study, self.max_retries)
                 trials = study.get_trials(deepcopy=False)
+                if not phases.budget_left(study, trials, self.budget, trainer.max_steps, first_rung):
+                    return True
                 states = collections.Counter(t.state for t in trials)
                 if states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING] >= (
                     self.n_trials
@@ -241,7 +267,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     )
                     return True
                 study.sampler = sampler_for(self.sampler_cfg, len(study.trials))
-                trial = study.ask()
+                with warnings.catch_warnings():  # a recipe's lr outside the narrowed range is meant
+                    warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+                    trial = study.ask()
                 claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
             overrides = with_recipe(list(overrides), trial)
@@ -336,6 +364,8 @@ class SweeplabSweeper(Sweeper):
                 "max_memory_gb",
                 "storage_timeout",
                 "wait",
+                "budget",
+                "lr_range_test",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)

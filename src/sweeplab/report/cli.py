@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeplab.outputs import atomic_write_text
+from sweeplab.report.phases import phases_section
 from sweeplab.report.storage import ReportError, default_storage, load, output_root
 from sweeplab.report.table import (
     best_command,
@@ -51,7 +52,8 @@ def index_md(
     lines += ["All trials: [trials.md](trials.md) · [trials.csv](trials.csv)", ""]
     if command:
         lines += ["## Best trial's command", "", "```sh", command, "```", ""]
-    lines += test_section(metric, trials, best)
+    lines += phases_section(study, trials, best)
+    lines += test_section(metric, trials, best, study)
     lines += failures_section(best)
     if importance:
         values, method = importance

@@ -116,7 +116,21 @@ def best_command(study: optuna.Study, best: FrozenTrial) -> str:
         **best.params,
         **best.user_attrs.get("recipe_overrides", {}),
     }
+    # The command's own overrides are in base already, and a sweep's own keys would make a run refuse.
+    given = {arg.split("=", 1)[0] for arg in base.split()[3:]}
+    values = {
+        k: v for k, v in values.items() if k not in given and not k.startswith(("hparams_search", "hydra"))
+    }
     return " ".join([base, *(f"{key}={shell_value(value)}" for key, value in values.items())])
+
+
+def rung_value(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """A pruned trial's value in its rung metric's words ("val/loss 5.70"), when that is not the
+    objective (objective.intermediate); None when its value is in the objective's own units."""
+    rung = study.user_attrs.get("rung_metric")
+    if not rung or trial.state.name != "PRUNED" or trial.value is None:
+        return None
+    return f"{rung['name']} {rung['sign'] * trial.value:.4f}"
 
 
 def state_counts(trials: list[FrozenTrial]) -> str:
@@ -138,7 +152,9 @@ def recipe_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTri
         if not recipe or t.number in retried:  # its retry speaks for the recipe
             continue
         label = f"{recipe} (trial {t.number})"
-        if t.value is None or not math.isfinite(t.value):
+        if (rung := rung_value(study, t)) is not None:
+            lines.append(f"{label} was pruned at step {t.last_step} ({rung}), behind the trials at its rung")
+        elif t.value is None or not math.isfinite(t.value):
             lines.append(f"{label} ended {t.state.name} with no {metric} to compare")
         elif best is None:
             lines.append(f"{label} ended {t.state.name} at {metric} {t.value:.4f}; no trial is complete yet")

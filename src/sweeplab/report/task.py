@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sweeplab.report.table import md_cell, test_columns
+from sweeplab.report.table import md_cell, rung_value, test_columns
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-def test_section(metric: str, trials: list[FrozenTrial], best: FrozenTrial | None) -> list[str]:
+def test_section(
+    metric: str, trials: list[FrozenTrial], best: FrozenTrial | None, study: Any = None
+) -> list[str]:
     """The best trial and each hand-set recipe side by side: the objective next to held-out accuracy."""
     columns = test_columns(trials)
     if not columns:
@@ -35,7 +37,8 @@ def test_section(metric: str, trials: list[FrozenTrial], best: FrozenTrial | Non
         if t.user_attrs.get("recipe"):
             role = f"{role}, recipe {t.user_attrs['recipe']}".lstrip(", ")
         cells = [md_cell(t.user_attrs.get(c)) for c in columns]
-        lines.append(f"| {t.number} | {role} | {md_cell(t.value)} | " + " | ".join(cells) + " |")
+        value = (rung_value(study, t) if study is not None else None) or md_cell(t.value)
+        lines.append(f"| {t.number} | {role} | {value} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
