@@ -294,6 +294,20 @@ def test_tool_search_range_test_centre_recipes_and_budget(tmp_path: Path) -> Non
             assert t.intermediate_values[12] == pytest.approx(-metrics["final"]["val/loss"])
         assert all(v < 0 for v in t.intermediate_values.values())
     spent = sum(t.user_attrs["steps"] for t in trials) + test["steps"]
-    # No trial starts unless its first rung fits: at most one rung's overshoot past... none, here.
+    # A trial starts only while its first rung fits the budget; it may then run on to its end.
     assert spent <= 3 * 12 + 12 - 4
     assert "compute budget spent" in result.stderr + result.stdout
+    # The report: the range test, the centre, each recipe and the best, with the compute each used.
+    from sweeplab.report.cli import report
+
+    command = report(study, f"sqlite:///{tmp_path / 'sweeps' / 'optuna.db'}", tmp_path / "report")
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert f"| lr range test | | lowest loss at {test['lr_at_min_loss']:.3g}" in index
+    assert "| 0 | " in index and "centre" in index and "recipe qlora-toolcall" in index
+    assert f"Whole study: {spent} steps = {spent / 12:.2f} runs of 12 steps (budget 3 runs)." in index
+    for t in trials[1:3]:  # a pruned recipe's value is its rung's val/loss, said so, not a tool_exact
+        if t.state == TrialState.PRUNED:
+            assert f"val/loss {-t.value:.4f}" in index
+    words = command.split()
+    keys = [w.split("=", 1)[0] for w in words[3:]]
+    assert len(keys) == len(set(keys)) and not any(k.startswith(("hparams_search", "hydra")) for k in keys)
