@@ -192,11 +192,20 @@ def test_sigkill_then_resume_with_packing_matches_an_uninterrupted_run(tmp_path:
     """As tests/test_resume.py's, with packed rows: their order per epoch comes from (seed, epoch) too."""
     from tests.test_resume import KILL_AFTER_STEP, RESUME, start_and_kill, val_diffs
 
-    # 96 chats (175 tokens on average uncut) -> 36 rows of 512: 18 batches an epoch, 120 steps ~ 7 epochs
-    overrides = [*RESUME, "data.packing=true", "data.max_seq_len=512", "data.batch_size=2"]
+    # 96 chats (175 tokens on average uncut) -> 36 rows of 512: 18 batches an epoch. Killed at step 20
+    # (mid epoch 2), the resumed run crosses two epoch boundaries (36, 54) before step 60: each new
+    # epoch's packed order must come out as in the uninterrupted run.
+    overrides = [
+        *RESUME,
+        "trainer.max_steps=60",
+        "data.packing=true",
+        "data.max_seq_len=512",
+        "data.batch_size=2",
+    ]
     full = run_train(*overrides, "run_name=a", output_root=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     killed_at = start_and_kill(*overrides, output_root=tmp_path, run_name="b", after_step=KILL_AFTER_STEP)
+    assert killed_at < 36, f"killed at step {killed_at}: too late to cross both epoch boundaries"
     resumed = run_train(*overrides, "run_name=b", "ckpt_path=last", output_root=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = json.loads((tmp_path / "runs" / "a" / "metrics.json").read_text())
@@ -204,5 +213,5 @@ def test_sigkill_then_resume_with_packing_matches_an_uninterrupted_run(tmp_path:
     diffs = val_diffs(a, b)
     print(f"packed: killed at step {killed_at}; max |val loss diff| {max(diffs):.3g} over {len(diffs)}")
     assert max(diffs) <= 1e-4
-    assert b["steps"] == a["steps"] == 120
+    assert b["steps"] == a["steps"] == 60
     assert b["data/useful_fraction"] == pytest.approx(a["data/useful_fraction"], abs=1e-9)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -158,55 +159,95 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_a_server_restart_mid_trial_costs_nothing(postgres: Server, tmp_path: Path) -> None:
-    cmd = _sweep(tmp_path, "restart", postgres.url, "hydra.sweeper.n_trials=4", "trainer.max_steps=32")
-    log = tmp_path / "sweep.log"
+@dataclass
+class FaultedSweep:
+    """What one sweep on the server went through: a restart mid-trial 0, then an outage mid-trial 1."""
+
+    out: Path
+    before_stop: str  # the first run's log up to the outage: what the restart cost
+    first_log: str  # all of it: the outage ended it
+    first_code: int
+    outage_ckpt: Path  # trial 1's last.ckpt when the server went away
+    rerun: subprocess.CompletedProcess
+
+
+# Both faults in one sweep, which costs ~40 s on 2 cores. A restart cut the storage for under 2 s on
+# 2 loaded cores (retried within the timeout); the outage outlasts it, while trial 1 still trains.
+STORAGE_TIMEOUT = 5
+
+
+@pytest.fixture(scope="module")
+def faulted_sweep(postgres: Server, tmp_path_factory: pytest.TempPathFactory) -> FaultedSweep:
+    out = tmp_path_factory.mktemp("faulted")
+    cmd = _sweep(
+        out, "faults", postgres.url, "hydra.sweeper.n_trials=2", "trainer.max_steps=48",
+        f"hydra.sweeper.storage_timeout={STORAGE_TIMEOUT}",
+    )  # fmt: skip
+    log = out / "first.log"
+    trial_dir = out / "sweeps" / "faults"
     proc = _start(cmd, log)
-    _wait_for_file(tmp_path / "sweeps" / "restart" / "1" / "checkpoints" / "last.ckpt", proc, log)
-    postgres.ctl("restart", "-m", "fast")  # every connection is cut; back within seconds
-    assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
-    output = log.read_text()
-    trials = optuna.load_study(study_name="restart", storage=postgres.url).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, [t.user_attrs for t in trials]
-    assert sorted(trials[1].intermediate_values) == list(range(4, 33, 4))  # no report was dropped
+    stopped = False
+    try:
+        _wait_for_file(trial_dir / "0" / "checkpoints" / "last.ckpt", proc, log)
+        postgres.ctl("restart", "-m", "fast")  # every connection is cut; back within seconds
+        outage_ckpt = trial_dir / "1" / "checkpoints" / "last.ckpt"
+        _wait_for_file(outage_ckpt, proc, log)  # the sweep went on: trial 0 ended, trial 1 started
+        before_stop = log.read_text()
+        postgres.ctl("stop", "-m", "fast")
+        stopped = True
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if stopped:
+            postgres.ctl("start")
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return FaultedSweep(out, before_stop, log.read_text(), code, outage_ckpt, rerun)
+
+
+@pytest.mark.slow
+def test_a_server_restart_mid_trial_costs_nothing(postgres: Server, faulted_sweep: FaultedSweep) -> None:
+    output = faulted_sweep.before_stop
+    trials = optuna.load_study(study_name="faults", storage=postgres.url).trials
+    # Trial 0 trained through the restart; the only FAIL is trial 1, which the later outage ended.
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], [
+        t.user_attrs for t in trials
+    ]
+    assert trials[1].user_attrs["fail_kind"] == "storage", trials[1].user_attrs
+    assert sorted(trials[0].intermediate_values) == list(range(4, 49, 4))  # no report was dropped
+    assert "trial 0 COMPLETE" in output  # in the run the restart hit, which went on to trial 1
     # One line per outage at most: when the restart falls between storage calls, pool_pre_ping's
     # reconnect hides it completely and no call ever sees it.
-    assert output.count("unreachable, retrying for up to 180 s") <= 1, output[-4000:]
+    retrying = f"unreachable, retrying for up to {STORAGE_TIMEOUT} s"
+    assert output.count(retrying) <= 1, output[-4000:]
+    assert "unreachable for over" not in output, output[-4000:]
     assert "Traceback" not in output and PASSWORD not in output
 
 
 @pytest.mark.slow
-def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(postgres: Server, tmp_path: Path) -> None:
-    cmd = _sweep(
-        tmp_path, "outage", postgres.url, "hydra.sweeper.n_trials=2", "trainer.max_steps=48",
-        "hydra.sweeper.storage_timeout=5",
-    )  # fmt: skip
-    log = tmp_path / "first.log"
-    proc = _start(cmd, log)
-    ckpt = tmp_path / "sweeps" / "outage" / "0" / "checkpoints" / "last.ckpt"
-    _wait_for_file(ckpt, proc, log)
-    postgres.ctl("stop", "-m", "fast")
-    try:
-        code = proc.wait(timeout=300)
-    finally:
-        postgres.ctl("start")
-    output = log.read_text()
-    assert code == 75, output[-4000:]
+def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(
+    postgres: Server, faulted_sweep: FaultedSweep
+) -> None:
+    output = faulted_sweep.first_log
+    assert faulted_sweep.first_code == 75, output[-4000:]
     assert "Traceback" not in output and PASSWORD not in output
     shown = postgres.url.replace(PASSWORD, "***")
     [line] = [ln for ln in output.splitlines() if "unreachable for over" in ln]
-    assert f"storage {shown} unreachable for over 5 s" in line and "run the same command again" in line
+    assert f"storage {shown} unreachable for over {STORAGE_TIMEOUT} s" in line
+    assert "run the same command again" in line
 
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = faulted_sweep.rerun  # the same command, once the server is back
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    trials = optuna.load_study(study_name="outage", storage=postgres.url).trials
+    trials = optuna.load_study(study_name="faults", storage=postgres.url).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
-    reason = trials[0].user_attrs["fail_reason"]
-    assert trials[0].user_attrs["fail_kind"] == "storage" and "unreachable for over 5 s" in reason, reason
-    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
-    assert retry.user_attrs["resume_from"] == str(ckpt) and retry.params == trials[0].params
-    job_log = (tmp_path / "sweeps" / "outage" / str(retry.number) / "train.log").read_text()
+    reason = trials[1].user_attrs["fail_reason"]
+    assert trials[1].user_attrs["fail_kind"] == "storage", reason
+    assert f"unreachable for over {STORAGE_TIMEOUT} s" in reason, reason
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert retry.user_attrs["resume_from"] == str(faulted_sweep.outage_ckpt)
+    assert retry.params == trials[1].params
+    job_log = (faulted_sweep.out / "sweeps" / "faults" / str(retry.number) / "train.log").read_text()
     assert "Restored all states from the checkpoint" in job_log
 
 

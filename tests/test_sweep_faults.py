@@ -77,7 +77,7 @@ def retry_of(trials: list[optuna.trial.FrozenTrial], number: int) -> optuna.tria
 
 
 def test_sigkill_mid_trial_then_rerun_resumes_the_killed_trial(tmp_path: Path) -> None:
-    cmd = command(tmp_path, "k", "hydra.sweeper.n_trials=3", "trainer.max_steps=40")
+    cmd = command(tmp_path, "k", "hydra.sweeper.n_trials=3", "trainer.max_steps=24")
     log = tmp_path / "first.log"
     proc = start(cmd, log)
     wait_for(running_with_checkpoint(tmp_path, "k", 1), proc, log)
@@ -112,7 +112,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_the_killed_trial(tmp_path: Path) -
 
 
 def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None:
-    cmd = command(tmp_path, "c", "hydra.sweeper.n_trials=2", "trainer.max_steps=48")
+    cmd = command(tmp_path, "c", "hydra.sweeper.n_trials=2", "trainer.max_steps=24")
     log = tmp_path / "first.log"
     proc = start(cmd, log)
     wait_for(running_with_checkpoint(tmp_path, "c", 0), proc, log)
