@@ -1,4 +1,5 @@
-"""Sweep workers as cluster jobs (`hydra/launcher=submitit_slurm` or `submitit_local`) through submitit.
+"""Sweep workers as cluster jobs (`hydra/launcher=submitit_slurm` or `submitit_local`) through submitit,
+or as local processes (`hydra.sweeper.n_jobs` with any other launcher).
 
 hydra-submitit-launcher works with the pinned Hydra, but its `launch()` submits one job per trial in
 batches and waits for each batch: the slowest-trial wait the ask/tell loop removes. So its config
@@ -270,3 +271,23 @@ def wait_for_running(study: optuna.Study, lock: Callable[[], Any], max_retries: 
             return
         log.info("waiting for %d trials still running in other workers", len(running))
         time.sleep(POLL_S)
+
+
+def spawn_workers(sweep_dir: Path, n_jobs: int) -> list[subprocess.Popen]:
+    """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if n_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Each torch process would take every core: N workers on 2 cores ran a step 80x slower.
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_jobs))
+        log.info("OMP_NUM_THREADS=%s per worker (%d workers)", os.environ["OMP_NUM_THREADS"], n_jobs)
+    workers = []
+    for k in range(1, n_jobs):
+        with open(sweep_dir / f"worker-{k}.log", "a") as out:
+            env = {**os.environ, WORKER_ENV: str(k)}
+            workers.append(
+                subprocess.Popen(
+                    sys.orig_argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+        log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
+    return workers

@@ -184,3 +184,16 @@ def budget_left(study, trials, budget: float | None, max_steps: int, first_rung:
         budget,
     )
     return False
+
+
+def before_trials(sweeper: Any, study: optuna.Study, lock: Any, distributions, fixed, fixed_overrides):
+    """The range test (when configured), then the recipes behind its centre point: the space to ask in."""
+    from hydra_plugins.sweeplab_sweeper.study import enqueue_recipes
+
+    result = ensure_range_test(sweeper, study, lock, distributions, fixed, fixed_overrides)
+    if result is None:
+        return distributions
+    with lock():  # once per study: the recipes queue behind the centre point
+        notes = judge_recipes(sweeper.enqueue, result) if not study.user_attrs.get("enqueued") else {}
+        enqueue_recipes(study, sweeper.enqueue, distributions, fixed, notes)
+    return narrowed(distributions, result)

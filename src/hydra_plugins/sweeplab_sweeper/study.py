@@ -194,3 +194,15 @@ def log_to_wandb(study: optuna.Study, config: DictConfig, sweep_dir: Path) -> No
         log_sweep_summary(study, logger.project, sweep_dir, logger.get("mode", "auto"))
     except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not fail a finished sweep
         log.warning("could not log the W&B sweep summary: %s", exc)
+
+
+def record_settings(study: optuna.Study, max_steps: int, budget: float | None, objective: Any) -> None:
+    """Once per study: what the report needs to count compute in runs and to read pruned values."""
+    if study.user_attrs.get("max_steps") is None:
+        study.set_user_attr("max_steps", max_steps)
+        study.set_user_attr("budget", budget)
+    if objective.intermediate and study.user_attrs.get("rung_metric") is None:
+        # A pruned trial's value is its last rung's, in this metric's units (negated when it runs
+        # against the study's direction): the report must not read it as the objective.
+        sign = 1 if objective.watched_mode == objective.mode else -1
+        study.set_user_attr("rung_metric", {"name": objective.watched, "sign": sign})

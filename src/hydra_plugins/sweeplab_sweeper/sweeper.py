@@ -12,7 +12,6 @@ import collections
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import warnings
@@ -47,6 +46,7 @@ from hydra_plugins.sweeplab_sweeper.study import (
     enqueue_recipes,
     log_to_wandb,
     open_study,
+    record_settings,
     sampler_for,
     set_metric,
     summarize,
@@ -139,15 +139,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self.config.trainer.max_steps,
             )
             set_metric(study, metric)
-            if study.user_attrs.get("max_steps") is None:  # the report counts compute in these runs
-                study.set_user_attr("max_steps", self.config.trainer.max_steps)
-                study.set_user_attr("budget", self.budget)
-            objective = self.objective
-            if objective.intermediate and study.user_attrs.get("rung_metric") is None:
-                # A pruned trial's value is its last rung's, in this metric's units (negated when it
-                # runs against the study's direction): the report must not read it as the objective.
-                sign = 1 if objective.watched_mode == objective.mode else -1
-                study.set_user_attr("rung_metric", {"name": objective.watched, "sign": sign})
+            record_settings(study, self.config.trainer.max_steps, self.budget, self.objective)
             if not phases.wanted(self.config, distributions):  # else after the range test's centre point
                 enqueue_recipes(study, self.enqueue, distributions, fixed)
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -172,7 +164,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self.wait,
                 self.config,
             )
-        workers = self.spawn_workers(sweep_dir) if not os.environ.get(WORKER_ENV) else []
+        workers = cluster.spawn_workers(sweep_dir, self.n_jobs) if not os.environ.get(WORKER_ENV) else []
         received: list[int] = []
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (SLURM, Kubernetes) outside a training step: stop like Ctrl-C, not die at once
@@ -204,36 +196,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         if not complete:
             sys.exit(1)  # too many failures: the log above says which and why
 
-    def spawn_workers(self, sweep_dir: Path) -> list[subprocess.Popen]:
-        """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        if self.n_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-            # Each torch process would take every core: N workers on 2 cores ran a step 80x slower.
-            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_jobs))
-            log.info("OMP_NUM_THREADS=%s per worker (%d workers)", os.environ["OMP_NUM_THREADS"], self.n_jobs)
-        workers = []
-        for k in range(1, self.n_jobs):
-            with open(sweep_dir / f"worker-{k}.log", "a") as out:
-                env = {**os.environ, WORKER_ENV: str(k)}
-                workers.append(
-                    subprocess.Popen(
-                        sys.orig_argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                    )
-                )
-            log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
-        return workers
-
     def work(self, study, storage, lock, distributions, fixed, fixed_overrides) -> bool:
         """Run trials until the study holds n_trials finished ones or its budget is spent (True), or too
         many failed (False). The range test, when configured, comes first and narrows optim.lr."""
-        result = phases.ensure_range_test(self, study, lock, distributions, fixed, fixed_overrides)
-        if result is not None:
-            with lock():  # once per study: the recipes queue behind the centre point
-                notes = (
-                    phases.judge_recipes(self.enqueue, result) if not study.user_attrs.get("enqueued") else {}
-                )
-                enqueue_recipes(study, self.enqueue, distributions, fixed, notes)
-            distributions = phases.narrowed(distributions, result)
+        distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
         trainer = self.config.trainer
         first_rung = (
             min(trainer.val_every_n_steps, trainer.max_steps) if self.pruner != "none" else trainer.max_steps
