@@ -111,8 +111,14 @@ def hand_set(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """One full run; its adapter is what the person gets. One validation, at the end."""
     t0 = time.perf_counter()
     overrides = [*common(args, seed), *recipes()[arm], f"trainer.val_every_n_steps={args.steps}"]
-    run([sys.executable, "-m", "sweeplab.train", *overrides, f"paths.output_root={out}", "run_name=run"], out)
-    m = json.loads((out / "runs" / "run" / "metrics.json").read_text())
+    done = out / "runs" / "run" / "metrics.json"
+    if not done.exists():
+        subprocess.run(["rm", "-rf", str(out / "runs" / "run")], check=True)  # an unfinished run: again
+        run(
+            [sys.executable, "-m", "sweeplab.train", *overrides, f"paths.output_root={out}", "run_name=run"],
+            out,
+        )
+    m = json.loads(done.read_text())
     return {
         "arm": arm,
         "seed": seed,
@@ -181,9 +187,8 @@ def unit(arm: str, seed: int, args: argparse.Namespace) -> dict:
     kept = args.keep / f"{arm}-{seed}.json"
     if kept.exists():
         return json.loads(kept.read_text())
+    # An interrupted unit goes on where it was: a finished run is read, a sweep resumes its study.
     out = args.workdir / f"{arm}-{seed}"
-    if out.exists():  # an unfinished unit of an interrupted bench: start it over
-        subprocess.run(["rm", "-rf", str(out)], check=True)
     print(f"{arm} seed {seed}: running", flush=True)
     result = (hand_set if arm in HAND_SET else search)(arm, seed, args, out)
     result["settings"] = {"steps": args.steps, "batch": args.batch, "val": args.val, "test": args.test}
