@@ -26,6 +26,7 @@ CLAIM_ATTR = "lr_range_test_claim"  # {host, pid}: the worker running it; the ot
 RANGE_DIR = "lr_range_test"  # its run dir under the sweep dir, beside the trials' numbered ones
 LR = "optim.lr"
 POLL_S = 5.0
+CLAIM_STALE_S = 3600.0  # a range test is a few dozen steps; older than this, its worker is gone
 
 
 def centre_point(distributions: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +56,10 @@ def wanted(config: Any, distributions: dict[str, Any]) -> bool:
 
 
 def _alive(claim: dict[str, Any]) -> bool:
+    """The worker holding the claim still runs the test: its pid on this machine, or (another
+    machine's) a claim younger than CLAIM_STALE_S."""
     if claim.get("host") != socket.gethostname():
-        return True  # another machine's worker: trust it
+        return time.time() - float(claim.get("time", 0)) < CLAIM_STALE_S
     try:
         os.kill(int(claim["pid"]), 0)
     except (OSError, ValueError):
@@ -77,7 +80,8 @@ def ensure_range_test(sweeper: Any, study: optuna.Study, lock: Any, distribution
             claim = study.user_attrs.get(CLAIM_ATTR)
             mine = result is None and (claim is None or not _alive(claim))
             if mine:
-                study.set_user_attr(CLAIM_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+                claim = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+                study.set_user_attr(CLAIM_ATTR, claim)
         if result is not None:
             return result
         if mine:
