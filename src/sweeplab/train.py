@@ -62,18 +62,16 @@ def fit(
     import lightning as L
     import torch
 
-    from sweeplab.data import build_datasets, loaders
-    from sweeplab.data.datasets import cache_key
+    from sweeplab.data import loaders
     from sweeplab.eval.splits import build_evaluators
-    from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
     from sweeplab.models.precision import resolve_placement
     from sweeplab.training.distributed import (
         broadcast_from_rank_zero,
         build_strategy,
         gathered_state,
         lora_digest,
-        quant_storage,
     )
+    from sweeplab.training.inputs import load_data, load_model
     from sweeplab.training.interrupt import GracefulStop
     from sweeplab.training.loggers import build_logger
     from sweeplab.training.module import QLoRAModule
@@ -85,23 +83,9 @@ def fit(
     placement = resolve_placement(rc.trainer)
 
     keep = reuse.enabled(trial is not None)  # a sweep worker's next trial may share them
-    model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
-    trust = rc.model.trust_remote_code
-    tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
-    cache_dir = Path(rc.paths.cache_dir)
-    train_set, val_set, stats = reuse.held(
-        "data", cache_key(rc.data, tokenizer), lambda: build_datasets(rc.data, tokenizer, cache_dir), keep
-    )
+    model_dir, tokenizer, (train_set, val_set, stats) = load_data(rc, keep)
     val_eval, test_eval = build_evaluators(rc, tokenizer, keep)
-    model = build_model(
-        model_dir,
-        rc.model,
-        rc.lora,
-        placement.compute_dtype,
-        placement.device,
-        quant_storage(rc.trainer),
-        keep,
-    )
+    model = load_model(rc, model_dir, placement, keep)
     module = QLoRAModule(model, rc.optim, rc.trainer.max_steps, rc.objective, val_eval, rc.generate_every)
     _MODULES.add(module)
 

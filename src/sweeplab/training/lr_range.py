@@ -139,34 +139,17 @@ def run_range_test(rc: Any, run_dir: Path, keep: bool = False) -> float:
     Returns the centre of the suggested range (the sweeper reads the whole result from the file)."""
     import lightning as L
 
-    from sweeplab import reuse
-    from sweeplab.data import build_datasets, loaders
-    from sweeplab.data.datasets import cache_key
-    from sweeplab.models.build import build_model, load_tokenizer, resolve_model_dir
+    from sweeplab.data import loaders
     from sweeplab.models.precision import resolve_placement
     from sweeplab.outputs import write_json
-    from sweeplab.training.distributed import quant_storage
+    from sweeplab.training.inputs import load_data, load_model
 
     test = rc.lr_range_test
     started = time.perf_counter()
     L.seed_everything(rc.seed, workers=True, verbose=False)
     placement = resolve_placement(rc.trainer)
-    model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
-    trust = rc.model.trust_remote_code
-    tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
-    cache_dir = Path(rc.paths.cache_dir)
-    train_set, _, _ = reuse.held(
-        "data", cache_key(rc.data, tokenizer), lambda: build_datasets(rc.data, tokenizer, cache_dir), keep
-    )
-    model = build_model(
-        model_dir,
-        rc.model,
-        rc.lora,
-        placement.compute_dtype,
-        placement.device,
-        quant_storage(rc.trainer),
-        keep,
-    )
+    model_dir, tokenizer, (train_set, _, _) = load_data(rc, keep)
+    model = load_model(rc, model_dir, placement, keep)
     loader, _ = loaders.train_loader(rc.data, train_set, tokenizer.pad_token_id)
     autocast = (
         placement.compute_dtype if placement.device != "cpu" and "mixed" in placement.precision else None
