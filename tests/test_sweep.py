@@ -161,6 +161,33 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
     assert len({t.number for t in trials}) == 4 and len({t.params["optim.lr"] for t in trials[2:]}) == 2
 
 
+@pytest.mark.slow
+def test_two_workers_run_one_range_test_and_wait_for_it(tmp_path: Path) -> None:
+    """The first worker claims and runs the range test; the other asks no trial until its range exists."""
+    result = sweep(
+        tmp_path,
+        "hparams_search=qlora_tool_exact",
+        "hydra.sweeper.study_name=w",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.budget=2",
+        "hydra.sweeper.lr_range_test.steps=6",
+        "eval.n_generate=4",
+        "eval.max_new_tokens=16",
+        "data.n_test=4",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = load(tmp_path, "w")
+    test = study.user_attrs["lr_range_test"]
+    logs = result.stderr + result.stdout + (tmp_path / "sweeps" / "w" / "worker-1.log").read_text()
+    assert logs.count("lr range test: lowest loss") == 1  # one test for the study, not one per worker
+    first = min(t.datetime_start for t in study.trials)
+    assert (
+        first.timestamp() >= (tmp_path / "sweeps" / "w" / "lr_range_test" / "lr_range.json").stat().st_mtime
+    )
+    searched = [t for t in study.trials if not t.user_attrs.get("recipe")]
+    assert all(test["low"] <= t.params["optim.lr"] <= test["high"] for t in searched)
+
+
 def test_each_trial_is_its_own_wandb_run(tmp_path: Path) -> None:
     """Trials share one process; each must still get its own W&B run, plus one summary run."""
     overrides = [o for o in SMALL if not o.startswith(("logger=", "trainer.max_steps"))]
