@@ -151,7 +151,8 @@ def search(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     study = optuna.load_study(study_name="bench", storage=f"sqlite:///{out / 'sweeps' / 'optuna.db'}")
     trials = sorted(study.trials, key=lambda t: t.number)
     best = study.best_trial
-    spent, best_so_far, curve = 0, None, []
+    range_steps = int((study.user_attrs.get("lr_range_test") or {}).get("steps", 0))
+    spent, best_so_far, curve = range_steps, None, [[range_steps, None]]  # the range test comes first
     for t in trials:
         spent += t.user_attrs.get("steps", 0)
         if t.state == TrialState.COMPLETE and (best_so_far is None or t.value > best_so_far):

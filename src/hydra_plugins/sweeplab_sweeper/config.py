@@ -60,8 +60,8 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # the job ids, their logs and how to follow; running it again resumes. Other launchers: must be true.
     wait: bool = True
     # Opt-in: the compute the whole study may train, in runs of trainer.max_steps (optimizer steps of
-    # every trial, pruned and failed ones too, and the lr range test). No new trial starts once the
-    # next one's first rung would not fit; n_trials still caps the count. null: n_trials alone.
+    # every trial, pruned and failed ones too, and the lr range test). A hard cap: a trial starts only
+    # if it fits whole; n_trials still caps the count. null: n_trials alone.
     budget: float | None = None
     # Opt-in: {steps: N} runs an lr range test before the first trial (N steps, lr rising exponentially
     # over the optim.lr interval of params, at the space's centre: each choice's first value). optim.lr

@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +174,19 @@ def spent(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> int:
     return sum(steps_of(t) for t in trials) + int((study.user_attrs.get(RANGE_ATTR) or {}).get("steps", 0))
 
 
-def budget_left(study, trials, budget: float | None, max_steps: int, first_rung: int) -> bool:
-    """Room for one more trial's first rung within budget (in runs of max_steps); None: no budget."""
+def budget_left(study, trials, budget: float | None, max_steps: int) -> bool:
+    """Room for one more whole trial within budget (in runs of max_steps): a hard cap, so the study never
+    trains more than it was given, even when the trial outlives every rung. None: no budget."""
     if budget is None:
         return True
     used = spent(study, trials)
-    if used + first_rung <= budget * max_steps:
+    # Trials running in other workers may still train to their end: their steps are reserved.
+    reserved = sum(max(0, max_steps - steps_of(t)) for t in trials if t.state == TrialState.RUNNING)
+    if used + reserved + max_steps <= budget * max_steps:
         return True
     log.info(
-        "compute budget spent: %d optimizer steps = %.2f runs of %d (hydra.sweeper.budget=%g): stopping",
+        "compute budget: %d optimizer steps spent = %.2f runs of %d; one more trial would pass "
+        "hydra.sweeper.budget=%g: stopping",
         used,
         used / max_steps,
         max_steps,

@@ -200,15 +200,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         """Run trials until the study holds n_trials finished ones or its budget is spent (True), or too
         many failed (False). The range test, when configured, comes first and narrows optim.lr."""
         distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
-        trainer = self.config.trainer
-        first_rung = (
-            min(trainer.val_every_n_steps, trainer.max_steps) if self.pruner != "none" else trainer.max_steps
-        )
+        max_steps = self.config.trainer.max_steps
         while True:
             with lock():
                 fail_lost_trials(study, self.max_retries)
                 trials = study.get_trials(deepcopy=False)
-                if not phases.budget_left(study, trials, self.budget, trainer.max_steps, first_rung):
+                if not phases.budget_left(study, trials, self.budget, max_steps):
                     return True
                 states = collections.Counter(t.state for t in trials)
                 if states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING] >= (
