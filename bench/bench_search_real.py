@@ -249,6 +249,7 @@ def plot(results: dict[str, list[dict]], args: argparse.Namespace, path: Path) -
         with np.errstate(all="ignore"):
             ax.plot(grid, np.nanmedian(arr, axis=0), label=f"{arm} (median of {len(rs)} seeds)")
             ax.fill_between(grid, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), alpha=0.2)
+    ax.axvline(BUDGET, color="grey", linestyle=":", linewidth=1)  # the search's budget
     ax.set_xlabel(f"compute (full runs of {args.steps} steps x {args.batch} packed rows)")
     ax.set_ylabel(f"best {OBJECTIVE} so far (%)")
     ax.legend(fontsize=8)
@@ -269,8 +270,20 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=ROOT / "bench" / "search_real", help="kept results")
     parser.add_argument("--workdir", type=Path, default=ROOT / "outputs" / "bench_search_real")
     parser.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update")
+    parser.add_argument("--kept-only", action="store_true", help="run nothing: table the kept results")
     args = parser.parse_args()
     arms = args.arms.split(",")
+    if args.kept_only:
+        results = {
+            a: [json.loads(f.read_text()) for f in sorted(args.keep.glob(f"{a}-*.json"))] for a in arms
+        }
+        rows = table(results, args)
+        print("\n".join(rows))
+        if args.out:
+            png = ROOT / "bench" / "search_real.png"
+            plot(results, args, png)
+            write_section(args, results, rows, png)
+        return
     units = [(arm, seed) for seed in range(args.seeds) for arm in arms]  # seeds interleaved across arms
     results: dict[str, list[dict]] = {arm: [] for arm in arms}
     failed = []
@@ -308,6 +321,10 @@ def write_section(
             f"{lead:+.1f} points of test tool_exact (median over seeds; target >= +10), worst search seed "
             f"{pct(min(s))}% (target: not below {pct(hand[best_arm])}%)."
         )
+    for rs in results.values():
+        for r in rs:
+            if r.get("budget_rule"):
+                lines.append(f"{r['arm']} seed {r['seed']}: {r['budget_rule']}.")
     base = next(
         (
             r["base"]["tool_exact"]
@@ -331,8 +348,9 @@ by {OBJECTIVE} on {args.val} val chats. Median and worst over seeds; percentages
 
 ![best val objective against compute]({png.relative_to(ROOT)})
 
-Machine: {os.cpu_count()} cores, {cpu_name()}; units ran {args.jobs} at a time, one thread each;
-measured {time.strftime("%Y-%m-%d")}. Per-seed results: `bench/search_real/*.json`.
+Machine: {os.cpu_count()} cores, {cpu_name()}; one thread per unit, units beside other work (compute
+is counted in steps, not time); tabled {time.strftime("%Y-%m-%d")}. Per-seed results:
+`bench/search_real/*.json`.
 {END}"""
     replace_section(args.out, START, END, section)
 
