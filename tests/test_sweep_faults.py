@@ -141,7 +141,18 @@ def test_ctrl_c_stops_after_saving_and_the_rerun_goes_on(tmp_path: Path) -> None
 
 def test_sigterm_to_a_two_worker_sweep_stops_both_at_a_step_and_the_rerun_resumes(tmp_path: Path) -> None:
     """Kubernetes signals the main process only: it must pass SIGTERM on to the other worker."""
-    cmd = command(tmp_path, "t", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "trainer.max_steps=60")
+    # Long trials, no decoding: trial 0 must still be training when worker 1's trial has its first
+    # checkpoint (a worker starts ~10 s later; 60 steps let trial 0 finish first on a quiet machine).
+    cmd = command(
+        tmp_path,
+        "t",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=2",
+        "trainer.max_steps=400",
+        "trainer.val_every_n_steps=20",
+        "eval.n_generate=0",
+        "eval.test=false",
+    )
     log = tmp_path / "first.log"
     proc = start(cmd, log)
     ckpts = [tmp_path / "sweeps" / "t" / str(n) / "checkpoints" / "last.ckpt" for n in (0, 1)]
