@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT, run_train
@@ -37,6 +39,13 @@ def load(out: Path, name: str) -> optuna.Study:
 
 
 QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra.sweeper.pruner=none"]
+# The tool-call search, small: a short range test, few decoded chats.
+TOOL_SEARCH = [
+    "hparams_search=qlora_tool_exact",
+    "eval.n_generate=8",
+    "eval.max_new_tokens=24",
+    "data.n_test=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +175,11 @@ def test_two_workers_run_one_range_test_and_wait_for_it(tmp_path: Path) -> None:
     """The first worker claims and runs the range test; the other asks no trial until its range exists."""
     result = sweep(
         tmp_path,
-        "hparams_search=qlora_tool_exact",
+        *TOOL_SEARCH,
         "hydra.sweeper.study_name=w",
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.budget=2",
         "hydra.sweeper.lr_range_test.steps=6",
-        "eval.n_generate=4",
-        "eval.max_new_tokens=16",
-        "data.n_test=4",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study = load(tmp_path, "w")
@@ -264,6 +270,30 @@ def test_bad_sweeper_options_fail_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "sweeps" / "optuna.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("hydra.sweeper.budget=0", "hydra.sweeper.budget must be > 0"),
+        ("hydra.sweeper.lr_range_test.steps=2", "hydra.sweeper.lr_range_test.steps must be an integer >= 3"),
+        ("+hydra.sweeper.lr_range_test.max_lr=1", "hydra.sweeper.lr_range_test: ['max_lr'] not keys"),
+        ("objective.intermediate=val/tool_exact", "objective.intermediate: must be null or one of"),
+    ],
+)
+def test_bad_tool_search_options_name_the_key(override: str, says: str) -> None:
+    from hydra_plugins.sweeplab_sweeper.checks import option_problems
+    from sweeplab.config import validate
+    from sweeplab.errors import ConfigError
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg("hparams_search=qlora_tool_exact", override)
+    if override.startswith("objective."):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            validate(cfg)
+        return
+    options = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    assert any(says in p for p in option_problems(options)), option_problems(options)
+
+
 def test_patience_stops_a_study_whose_best_stopped_moving(tmp_path: Path) -> None:
     """The good recipe first, then two hopeless trials: with patience=2 the sweep ends after 3 of 6."""
     args = [
@@ -285,13 +315,10 @@ def test_tool_search_range_test_centre_recipes_and_budget(tmp_path: Path) -> Non
     the recipes; rungs are judged by val/loss, answers decoded at the end only; the budget stops it."""
     result = sweep(
         tmp_path,
-        "hparams_search=qlora_tool_exact",
+        *TOOL_SEARCH,
         "hydra.sweeper.study_name=t",
         "hydra.sweeper.budget=3",
         "hydra.sweeper.lr_range_test.steps=8",
-        "eval.n_generate=8",
-        "eval.max_new_tokens=24",
-        "data.n_test=8",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study = load(tmp_path, "t")
