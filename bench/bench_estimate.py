@@ -63,7 +63,7 @@ def measure(overrides: list[str]) -> dict:
         return t
 
     for step in range(4):
-        shape = (1, 16) if step == 0 else (rc.data.batch_size, rc.data.max_seq_len)
+        shape = (1, 16) if step == 0 else (rc.data.batch_size, e.seq_len)
         ids = torch.randint(0, vocab, shape)
         saved.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

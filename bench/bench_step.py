@@ -98,7 +98,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(ROOT / "conf")):
-        rc = validate(compose("train", overrides=[f"model={args.model}", "logger=none"]))
+        rc = validate(
+            compose("train", overrides=[f"model={args.model}", "logger=none", "data.max_seq_len=256"])
+        )
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     tokenizer = load_tokenizer(model_dir)
     train_set, _, _ = build_datasets(rc.data, tokenizer, Path(rc.paths.cache_dir))

@@ -24,6 +24,7 @@ from sweeplab.data import (
     train_val_chats,
 )
 from sweeplab.data.chatml import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS
+from sweeplab.data.packing import pack_examples, row_length
 from sweeplab.errors import DataError
 
 PLAIN_TEMPLATE = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
@@ -226,6 +227,35 @@ def test_every_example_too_long_names_max_seq_len(tokenizer, tmp_path):
     cfg = DataConfig(n_train=10, n_val=5, max_seq_len=8)  # the system prompt alone is longer
     with pytest.raises(DataError, match=r"data\.max_seq_len=8"):
         build_datasets(cfg, tokenizer, tmp_path)
+
+
+def test_unset_max_seq_len_follows_the_data_up_to_the_context(tokenizer, tmp_path, caplog):
+    """The default cuts nothing a model can read: chats of 71-196 tokens stay whole, without a limit or
+    under a context of 512; a context shorter than the chats cuts them and says it was the context."""
+    cfg = DataConfig(n_train=60, n_val=20, seed=5)
+    assert cfg.max_seq_len is None
+    lengths = {}
+    for context in (None, 512):
+        train, val, stats = build_datasets(cfg, tokenizer, tmp_path / str(context), context)
+        assert stats.truncated_train == stats.truncated_val == 0
+        lengths[context] = sorted(len(ex["input_ids"]) for ex in train)
+    assert lengths[None] == lengths[512] and lengths[None][-1] > 150  # longer than a cut would allow
+    with caplog.at_level(logging.INFO, logger="sweeplab.data.datasets"):
+        _, _, stats = build_datasets(cfg, tokenizer, tmp_path / "short", context=120)
+    assert stats.truncated_train > 0 and "truncated to max_seq_len=120" in caplog.text
+    with pytest.raises(DataError, match=r"the model's context \(8 tokens; data\.max_seq_len is unset\)"):
+        build_datasets(cfg, tokenizer, tmp_path / "tiny", context=8)
+    with pytest.raises(DataError, match="data.source=text needs data.max_seq_len"):
+        path = tmp_path / "corpus.txt"
+        path.write_text("a b c\n" * 50)
+        build_datasets(DataConfig(source="text", path=str(path)), tokenizer, tmp_path)
+
+
+def test_packed_rows_are_as_long_as_the_longest_chat_when_unset():
+    examples = [{"input_ids": [0] * n} for n in (30, 70, 120, 50)]
+    assert row_length(None, examples) == 120 and row_length(64, examples) == 64
+    rows = pack_examples(examples, row_length(None, examples))
+    assert sorted(sum(len(ex["input_ids"]) for ex in row) for row in rows) == [30, 120, 120]
 
 
 def test_build_jsonl_with_seeded_split_and_val_path(tokenizer, tmp_path):

@@ -135,7 +135,9 @@ def test_packing_fills_rows_on_the_default_data(hermetic_cache: Path) -> None:
     Most chats (> 85 tokens with model=base) go at most two to a row, so row lengths vary: padding every
     row to 256 kept 0.87 useful; batching rows by length and padding to the batch's longest keeps >= 0.95.
     """
-    rc = validate(make_cfg())  # the defaults: 2000 chats, model=base, batch 8, max_seq_len 256
+    rc = validate(
+        make_cfg("data.max_seq_len=256")
+    )  # the defaults (2000 chats, model=base, batch 8), rows of 256
     recipe = rc.model.embedded
     tokenizer = build_tokenizer(corpus_text(recipe.corpus_chars), recipe.vocab_size)  # base's, unpretrained
     train, _, _ = build_datasets(rc.data, tokenizer, hermetic_cache)

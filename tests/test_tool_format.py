@@ -269,3 +269,43 @@ def test_bad_tool_data_names_file_line_and_field(tmp_path, line, field, allowed)
     with pytest.raises(DataError, match=re.escape("tools.jsonl:2: ") + ".*" + re.escape(field)) as info:
         read_jsonl(path)
     assert allowed in str(info.value)
+
+
+def test_long_tool_chats_train_at_the_default_length(tmp_path):
+    """A user's chats longer than the old default (256 tokens: two tool schemas rendered in the system
+    turn) train as they are through the real entry point: data.max_seq_len unset follows the data."""
+    from tests.conftest import run_train
+
+    turns = [RAW["messages"][0]]
+    for k in range(1):
+        turns += [
+            {"role": "user", "content": f"Delete node {k}."},
+            calling(call(name="delete_node", arguments={"id": k})),
+        ]
+    row = {"tools": RAW["tools"], "messages": turns}
+    path = write_jsonl(tmp_path / "long.jsonl", *[row] * 12)
+    tok_len = len(tokenize_chat(build_tokenizer_for_tiny(), turns, None, RAW["tools"])[0])
+    assert 256 < tok_len <= 512  # longer than the old default, within model=tiny's context
+    result = run_train(
+        "model=tiny",
+        "data=jsonl",
+        f"data.path={path}",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "data.batch_size=2",
+        "eval.n_generate=0",
+        "run_name=long",
+        output_root=tmp_path / "out",
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "truncated to max_seq_len=512: 0 train, 0 val" in result.stdout + result.stderr
+
+
+def build_tokenizer_for_tiny():
+    """model=tiny's tokenizer as its recipe builds it (the embedded base's own, before pretraining)."""
+    from sweeplab.config import validate
+    from sweeplab.models.embedded import corpus_text
+    from tests.conftest import make_cfg
+
+    recipe = validate(make_cfg("model=tiny")).model.embedded
+    return build_tokenizer(corpus_text(recipe.corpus_chars), recipe.vocab_size)

@@ -52,7 +52,7 @@ def report(e: Estimate, rc: RunConfig) -> str:
         f"  gradients            {gib(e.gradients):>12}  fp32, trainable params only",
         f"  optimizer state      {gib(e.optimizer):>12}  {rc.optim.name}",
         f"  activations          {gib(e.activations):>12}  without gradient checkpointing "
-        f"(batch {rc.data.batch_size} x seq {rc.data.max_seq_len}, {e.precision}; "
+        f"(batch {rc.data.batch_size} x seq {e.seq_len}{seq_note(rc)}, {e.precision}; "
         "trainer.accelerator=cpu sizes a CPU run)",
         f"  activations (ckpt)   {gib(e.activations_ckpt):>12}  with gradient checkpointing",
         f"  total                {gib(e.total):>12}  gradient checkpointing {ckpt} "
@@ -128,6 +128,11 @@ def compose_run(overrides: list[str]) -> RunConfig:
             "instead, e.g. --multirun lora.r=4,8,16 lora.targets=all-linear,qv"
         )
     return validate(cfg)
+
+
+def seq_note(rc) -> str:
+    """Unset, the run's length is its data's longest chat: sized here at the model's context, a bound."""
+    return "" if rc.data.max_seq_len is not None else " = the model's context, data.max_seq_len unset"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -204,7 +204,8 @@ def translate_faults(rc: RunConfig, trainer: Any) -> Iterator[None]:
         raise OutOfMemory(
             f"out of memory at step {trainer.global_step} ({first}) with data.batch_size="
             f"{rc.data.batch_size}, data.max_seq_len={rc.data.max_seq_len}, lora.r={rc.lora.r}: lower "
-            "data.batch_size (raise trainer.accumulate_grad_batches to keep the batch) or data.max_seq_len"
+            "data.batch_size (raise trainer.accumulate_grad_batches to keep the batch) or set "
+            "data.max_seq_len (unset, it is the longest chat)"
         ) from None
     except RuntimeError as err:
         if "DataLoader worker" not in str(err):

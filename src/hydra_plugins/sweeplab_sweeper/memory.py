@@ -18,6 +18,7 @@ class MemoryGate:
     def __init__(self, limit_gb: float | None) -> None:
         self.limit_gb = limit_gb
         self.warned = False
+        self.warned_seq = False
 
     def reason(
         self, hydra_context: Any, config: DictConfig, overrides: list[str]
@@ -34,7 +35,8 @@ class MemoryGate:
             from sweeplab.estimate import GIB, estimate
 
             trial_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-            predicted = estimate(validate(trial_config)).total / GIB
+            rc = validate(trial_config)
+            predicted = estimate(rc).total / GIB
         except Exception as exc:  # noqa: BLE001 - any failure to estimate is the trial's to meet, not the sweep's
             if not self.warned:
                 self.warned = True
@@ -46,6 +48,13 @@ class MemoryGate:
                     message,
                 )
             return None
+        if rc.data.max_seq_len is None and not self.warned_seq:
+            self.warned_seq = True
+            log.warning(
+                "hydra.sweeper.max_memory_gb: data.max_seq_len is unset, so trials are sized at the "
+                "model's context, an upper bound (a run's rows are its longest chat): set data.max_seq_len "
+                "to size them at your data's length"
+            )
         if predicted <= self.limit_gb:
             return None
         return f"predicted {gb(predicted)} GB > {self.limit_gb:g} GB", predicted

@@ -19,7 +19,10 @@ class DataConfig(Schema):
     n_val: int = Field(default=200, gt=0)  # toolcalls only
     n_test: int = Field(default=100, ge=0)  # toolcalls only: its own stream, minus train and val chats
     val_fraction: float = Field(default=0.1, gt=0, lt=1)  # jsonl/text without val_path
-    max_seq_len: int = Field(default=256, ge=8)
+    # None: the data's longest chat, up to the model's context, so nothing is cut or refused unless the
+    # user sets a limit (packed rows are then as long as that chat). A number: chats are cut to it from
+    # the right, and text is split into windows of it (data=text sets 256).
+    max_seq_len: int | None = Field(default=None, ge=8)
     batch_size: int = Field(default=8, gt=0)
     eval_batch_size: int = Field(default=16, gt=0)
     seed: int = 1234

@@ -77,7 +77,11 @@ class RunConfig(Schema):
                 f"({self.trainer.max_steps}): the learning rate would never leave warmup"
             )
         recipe = self.model.embedded
-        if recipe is not None and self.data.max_seq_len > recipe.max_position_embeddings:
+        if (
+            recipe is not None
+            and self.data.max_seq_len is not None
+            and self.data.max_seq_len > recipe.max_position_embeddings
+        ):
             problems.append(
                 f"data.max_seq_len ({self.data.max_seq_len}) must be <= "
                 f"model.embedded.max_position_embeddings ({recipe.max_position_embeddings})"

@@ -33,9 +33,13 @@ class DataStats:
     label_tokens: int  # train tokens that carry loss
 
 
-def build_datasets(cfg: DataConfig, tokenizer, cache_dir: Path) -> tuple[list[dict], list[dict], DataStats]:
-    """Each example is {"input_ids", "labels"} (same length, unshifted: the model shifts)."""
-    path = Path(cache_dir) / "tokenized" / f"{cache_key(cfg, tokenizer)}.pt"
+def build_datasets(
+    cfg: DataConfig, tokenizer, cache_dir: Path, context: int | None = None
+) -> tuple[list[dict], list[dict], DataStats]:
+    """Each example is {"input_ids", "labels"} (same length, unshifted: the model shifts).
+
+    context: the model's positions, the limit when data.max_seq_len is unset (None: no limit)."""
+    path = Path(cache_dir) / "tokenized" / f"{cache_key(cfg, tokenizer, context)}.pt"
     if path.is_file():
         try:
             blob = torch.load(path, weights_only=True)
@@ -44,20 +48,32 @@ def build_datasets(cfg: DataConfig, tokenizer, cache_dir: Path) -> tuple[list[di
         except Exception as exc:  # a truncated or foreign file: rebuild rather than fail the run
             log.warning("ignoring unreadable data cache %s (%s); rebuilding", path, exc)
         else:
-            log_stats(cfg, stats, f"cached {path.name}")
+            log_stats(cfg, stats, f"cached {path.name}", context)
             return train, val, stats
-    train, val, stats = tokenize_split(cfg, tokenizer)
+    train, val, stats = tokenize_split(cfg, tokenizer, context)
     with atomic_path(path) as tmp:  # concurrent trials never read a half-written cache
         torch.save({"train": pack(train), "val": pack(val), "stats": asdict(stats)}, tmp)
-    log_stats(cfg, stats, f"tokenized, cached as {path.name}")
+    log_stats(cfg, stats, f"tokenized, cached as {path.name}", context)
     return train, val, stats
 
 
-def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], DataStats]:
+def limit_of(cfg: DataConfig, context: int | None) -> tuple[int | None, str]:
+    """The token limit a chat is cut to, and how a message names it."""
+    if cfg.max_seq_len is not None:
+        return cfg.max_seq_len, f"data.max_seq_len={cfg.max_seq_len}"
+    return context, f"the model's context ({context} tokens; data.max_seq_len is unset)"
+
+
+def tokenize_split(
+    cfg: DataConfig, tokenizer, context: int | None = None
+) -> tuple[list[dict], list[dict], DataStats]:
+    limit, named = limit_of(cfg, context)
     if cfg.source == "text":
+        if limit is None:
+            raise DataError("data.source=text needs data.max_seq_len: the length of its windows")
 
         def chunks(path: str) -> list[list[int]]:
-            return tokenize_text(tokenizer, read_text(path), cfg.max_seq_len)
+            return tokenize_text(tokenizer, read_text(path), limit)
 
         train_chunks, val_chunks = split(cfg, chunks)
         train = [{"input_ids": ids, "labels": list(ids)} for ids in train_chunks]
@@ -68,8 +84,8 @@ def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], 
             train_chats, val_chats = train_val_chats(cfg.n_train, cfg.n_val, cfg.seed)
         else:
             train_chats, val_chats = split(cfg, read_jsonl)
-        train, truncated_train, dropped_train = encode_chats(train_chats, tokenizer, cfg.max_seq_len)
-        val, truncated_val, dropped_val = encode_chats(val_chats, tokenizer, cfg.max_seq_len)
+        train, truncated_train, dropped_train = encode_chats(train_chats, tokenizer, limit)
+        val, truncated_val, dropped_val = encode_chats(val_chats, tokenizer, limit)
         dropped = dropped_train + dropped_val
         for name, kept, cut, chats in (
             ("train", train, truncated_train, train_chats),
@@ -78,12 +94,12 @@ def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], 
             if not kept:
                 raise DataError(
                     f"every {name} example lost all its assistant tokens to truncation at "
-                    f"data.max_seq_len={cfg.max_seq_len} ({len(chats)} chats); raise data.max_seq_len"
+                    f"{named} ({len(chats)} chats); {raise_hint(cfg)}"
                 )
             if chats and cut == len(chats):  # not one chat fits: no end of turn would ever be learned
                 raise DataError(
-                    f"all {cut} of {len(chats)} {name} chats are longer than data.max_seq_len="
-                    f"{cfg.max_seq_len} tokens and would be cut; raise data.max_seq_len"
+                    f"all {cut} of {len(chats)} {name} chats are longer than {named} "
+                    f"and would be cut; {raise_hint(cfg)}"
                 )
     if not train or not val:
         raise DataError(
@@ -99,6 +115,12 @@ def tokenize_split(cfg: DataConfig, tokenizer) -> tuple[list[dict], list[dict], 
         label_tokens=sum(label != IGNORE for ex in train for label in ex["labels"]),
     )
     return train, val, stats
+
+
+def raise_hint(cfg: DataConfig) -> str:
+    if cfg.max_seq_len is not None:
+        return "raise data.max_seq_len (or set it to null: the longest chat, up to the model's context)"
+    return "shorten the chats or choose a model with a longer context"
 
 
 def eval_chats(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
@@ -126,7 +148,7 @@ def split(cfg: DataConfig, load) -> tuple[list, list]:
     return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
 
 
-def encode_chats(chats: list[dict], tokenizer, max_seq_len: int) -> tuple[list[dict], int, int]:
+def encode_chats(chats: list[dict], tokenizer, max_seq_len: int | None) -> tuple[list[dict], int, int]:
     examples, truncated, dropped = [], 0, 0
     for chat in chats:
         ids, labels, cut = tokenize_chat(tokenizer, chat["messages"], max_seq_len, chat.get("tools"))
@@ -139,14 +161,14 @@ def encode_chats(chats: list[dict], tokenizer, max_seq_len: int) -> tuple[list[d
     return examples, truncated, dropped
 
 
-def log_stats(cfg: DataConfig, stats: DataStats, origin: str) -> None:
+def log_stats(cfg: DataConfig, stats: DataStats, origin: str, context: int | None = None) -> None:
     log.info(
-        "data %s: %d train / %d val examples; truncated to max_seq_len=%d: %d train, %d val; "
+        "data %s: %d train / %d val examples; truncated to max_seq_len=%s: %d train, %d val; "
         "dropped (no label left): %d; mean length %.1f tokens; %d train label tokens (%s)",
         cfg.source,
         stats.n_train,
         stats.n_val,
-        cfg.max_seq_len,
+        limit_of(cfg, context)[0],
         stats.truncated_train,
         stats.truncated_val,
         stats.dropped,
@@ -156,9 +178,9 @@ def log_stats(cfg: DataConfig, stats: DataStats, origin: str) -> None:
     )
 
 
-def cache_key(cfg: DataConfig, tokenizer) -> str:
+def cache_key(cfg: DataConfig, tokenizer, context: int | None = None) -> str:
     """Everything that changes the tokens: the fields used, input bytes, tokenizer, and this code."""
-    fields = {"source": cfg.source, "max_seq_len": cfg.max_seq_len, "seed": cfg.seed}
+    fields = {"source": cfg.source, "max_seq_len": limit_of(cfg, context)[0], "seed": cfg.seed}
     if cfg.source == "toolcalls":
         fields |= {"n_train": cfg.n_train, "n_val": cfg.n_val}
     else:

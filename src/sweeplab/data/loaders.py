@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from sweeplab.config import DataConfig
 from sweeplab.data.collate import PadCollator
-from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples
+from sweeplab.data.packing import PackCollator, PaddingFreeCollator, pack_examples, row_length
 from sweeplab.data.sampler import EpochSeededSampler
 
 log = logging.getLogger(__name__)
@@ -19,12 +19,11 @@ def train_loader(data: DataConfig, train_set: list, pad_id: int) -> tuple[DataLo
     """Padded, padding-free or packed batches; the sampler is returned for DataPosition (resume)."""
     rows, collate, lengths = train_set, PadCollator(pad_id), None
     if data.packing:  # packed once, the same rows every run; only their order changes per epoch
-        rows, collate = pack_examples(train_set, data.max_seq_len), PackCollator(pad_id)
+        length = row_length(data.max_seq_len, train_set)
+        rows, collate = pack_examples(train_set, length), PackCollator(pad_id)
         # Rows of similar length batched together: a batch is padded to its longest row only.
         lengths = [sum(len(ex["input_ids"]) for ex in row) for row in rows]
-        log.info(
-            "packing: %d train chats in %d rows of <= %d tokens", len(train_set), len(rows), data.max_seq_len
-        )
+        log.info("packing: %d train chats in %d rows of <= %d tokens", len(train_set), len(rows), length)
     elif data.group_by_length:
         lengths = [len(ex["input_ids"]) for ex in train_set]
     elif data.padding_free:

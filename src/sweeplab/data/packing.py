@@ -37,6 +37,11 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def row_length(max_seq_len: int | None, examples: list[dict]) -> int:
+    """data.max_seq_len, or (unset) the longest example: a packed row then holds any one chat whole."""
+    return max_seq_len if max_seq_len is not None else max(len(ex["input_ids"]) for ex in examples)
+
+
 def pack_examples(examples: list[dict], max_seq_len: int) -> list[list[dict]]:
     """Rows of whole examples, each row at most max_seq_len tokens; the same rows every run."""
     rows = best_fit_decreasing([len(ex["input_ids"]) for ex in examples], max_seq_len)

@@ -73,7 +73,7 @@ def tools_as_text(messages: list[dict], tools: list[dict] | None) -> list[dict]:
 
 
 def tokenize_chat(
-    tokenizer, messages: list[dict], max_seq_len: int, tools: list[dict] | None = None
+    tokenizer, messages: list[dict], max_seq_len: int | None, tools: list[dict] | None = None
 ) -> tuple[list[int], list[int], bool]:
     """Labels are the assistant turns (content, tool calls and end token) only; the rest only conditions."""
     messages, kwargs = render_inputs(tokenizer, messages, tools)
@@ -86,8 +86,10 @@ def tokenize_chat(
     if mask is None or not any(mask):  # hub templates (Qwen2.5, Llama 3) have no generation tags
         ids, mask = assistant_mask_from_prefixes(tokenizer, messages, kwargs)
     labels = [tok if keep else IGNORE for tok, keep in zip(ids, mask, strict=True)]
+    if max_seq_len is None or len(ids) <= max_seq_len:
+        return ids, labels, False
     # Cut from the right: the system prompt and first request stay, the end of the chat goes.
-    return ids[:max_seq_len], labels[:max_seq_len], len(ids) > max_seq_len
+    return ids[:max_seq_len], labels[:max_seq_len], True
 
 
 def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:

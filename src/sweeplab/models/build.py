@@ -34,6 +34,14 @@ def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> str:
     return str(path.resolve()) if path.exists() else cfg.name_or_path
 
 
+def model_context(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """The base's positions (max_position_embeddings): the default limit of a chat's tokens."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return getattr(config, "max_position_embeddings", None)
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

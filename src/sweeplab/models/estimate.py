@@ -131,6 +131,7 @@ class Estimate:
     activations_ckpt: float  # with gradient checkpointing
     gradient_checkpointing: bool
     precision: str  # Lightning precision the activations were sized for
+    seq_len: int  # tokens per row the activations were sized for
     flops_per_token: float  # training step, as configured (recompute included with checkpointing)
     forward_flops_per_token: float
 
@@ -195,7 +196,10 @@ def estimate(rc: RunConfig, label: str = "") -> Estimate:
     head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
     h_kv = config.num_key_value_heads * head_dim
     vocab = config.vocab_size
-    tokens = rc.data.batch_size * rc.data.max_seq_len
+    # Unset, a run's rows are its longest chat, known only once the data is tokenized: the model's
+    # context bounds it (the printout says so; data.max_seq_len=N sizes a given length).
+    seq_len = rc.data.max_seq_len or getattr(config, "max_position_embeddings", None) or 2048
+    tokens = rc.data.batch_size * seq_len
 
     # Per token and layer (docs/ESTIMATE.md): residual stream and norms in fp32 (peft upcasts
     # embeddings and norm weights), matmul outputs saved for backward in the compute dtype.
@@ -214,7 +218,7 @@ def estimate(rc: RunConfig, label: str = "") -> Estimate:
     # FLOPs per token: 2 per multiply-add. Frozen weights need only activation gradients (2N), not
     # weight gradients: 4N per token instead of the 6N of full training (docs/ESTIMATE.md).
     n_matmul = quantized + (head.weight.numel() if head is not None else 0)  # the head is not recomputed
-    attn = 2 * n_layers * rc.data.max_seq_len * config.num_attention_heads * head_dim
+    attn = 2 * n_layers * seq_len * config.num_attention_heads * head_dim
     forward = 2 * n_matmul + 2 * n_lora + attn
     backward = 2 * n_matmul + 2 * attn + 4 * n_lora
     recompute = forward - 2 * (n_matmul - quantized) if rc.model.gradient_checkpointing else 0
@@ -237,6 +241,7 @@ def estimate(rc: RunConfig, label: str = "") -> Estimate:
         activations_ckpt=activations_ckpt,
         gradient_checkpointing=rc.model.gradient_checkpointing,
         precision=precision,
+        seq_len=seq_len,
         flops_per_token=forward + backward + recompute,
         forward_flops_per_token=forward,
     )

@@ -16,14 +16,18 @@ def load_data(rc: RunConfig, keep: bool) -> tuple[str, Any, tuple[Any, Any, Any]
     """(model dir, tokenizer, (train set, val set, data stats)); the model dir is built or found here."""
     from sweeplab.data import build_datasets
     from sweeplab.data.datasets import cache_key
-    from sweeplab.models.build import load_tokenizer, resolve_model_dir
+    from sweeplab.models.build import load_tokenizer, model_context, resolve_model_dir
 
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     trust = rc.model.trust_remote_code
     tokenizer = reuse.held("tokenizer", (model_dir, trust), lambda: load_tokenizer(model_dir, trust), keep)
     cache_dir = Path(rc.paths.cache_dir)
+    context = model_context(model_dir, trust) if rc.data.max_seq_len is None else None
     data = reuse.held(
-        "data", cache_key(rc.data, tokenizer), lambda: build_datasets(rc.data, tokenizer, cache_dir), keep
+        "data",
+        cache_key(rc.data, tokenizer, context),
+        lambda: build_datasets(rc.data, tokenizer, cache_dir, context),
+        keep,
     )
     return model_dir, tokenizer, data
 
