@@ -306,6 +306,21 @@ def main() -> None:
     sys.exit(1 if failed else 0)
 
 
+def selection_line(r: dict) -> str:
+    """Which trial a search picked and what happened to the others: where its lead comes from."""
+    picked = next(t for t in r["trials"] if t["number"] == r["selected"])
+    pruned = sum(t["state"] == "PRUNED" for t in r["trials"])
+    rng = r.get("range_test") or {}
+    span = ""
+    if rng:
+        span = f"range test {rng.get('steps', 0)} steps -> lr [{rng['low']:.2g}, {rng['high']:.2g}]; "
+    return (
+        f"{r['arm']} seed {r['seed']}: {span}{len(r['trials'])} trials, {pruned} pruned; picked trial "
+        f"{picked['number']} ({picked['role']}, lr {picked['params'].get('optim.lr', float('nan')):.2g}, "
+        f"r {picked['params'].get('lora.r')}, {picked['params'].get('lora.targets')})."
+    )
+
+
 def write_section(
     args: argparse.Namespace, results: dict[str, list[dict]], rows: list[str], png: Path
 ) -> None:
@@ -326,6 +341,8 @@ def write_section(
         for r in rs:
             if r.get("budget_rule"):
                 lines.append(f"{r['arm']} seed {r['seed']}: {r['budget_rule']}.")
+            if r.get("trials"):
+                lines.append(selection_line(r))
     base = next(
         (
             r["base"]["tool_exact"]
