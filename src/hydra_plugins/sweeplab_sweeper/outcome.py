@@ -79,13 +79,34 @@ def fail_kind(exc: BaseException) -> str:
     return next((kind for cls, kind in kinds.items() if isinstance(exc, cls)), "error")
 
 
-def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]:
-    """(state, value, fail_reason, fail_kind) of a finished job."""
+def objective_values(returned: Any, n: int) -> list[float]:
+    """The job's return value as the study's n objective values (upstream's rules); ValueError if not."""
+    if n == 1:
+        try:
+            return [float(returned)]
+        except (TypeError, ValueError):
+            raise ValueError(f"the app must return a float-castable value, got {returned!r}") from None
+    try:
+        values = [float(v) for v in returned]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the study has {n} objectives: the app must return a list or tuple of {n} floats, "
+            f"got {returned!r}"
+        ) from None
+    if len(values) != n:
+        raise ValueError(
+            f"the study has {n} objectives, but the app returned {len(values)} values: {returned!r}"
+        )
+    return values
+
+
+def outcome(ret: Any, n: int = 1) -> tuple[TrialState, list[float] | None, str | None, str | None]:
+    """(state, values, fail_reason, fail_kind) of a finished job in a study of n objectives."""
     if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
         # Read directly: Hydra's return_value getter prints "Error executing job", and pruning is no error.
         return TrialState.PRUNED, None, None, None
     try:
-        value = float(ret.return_value)  # re-raises the job's exception
+        returned = ret.return_value  # re-raises the job's exception
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, None, None
     except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
@@ -93,9 +114,14 @@ def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]
         if "TrialPruned" in text:  # launchers that cannot pickle it send a RuntimeError naming it
             return TrialState.PRUNED, None, None, None
         return TrialState.FAIL, None, text[:2000], fail_kind(exc)
-    if not math.isfinite(value):
-        return TrialState.FAIL, None, f"objective is {value}", "diverged"
-    return TrialState.COMPLETE, value, None, None
+    try:
+        values = objective_values(returned, n)
+    except ValueError as exc:
+        return TrialState.FAIL, None, str(exc)[:2000], "value"
+    if not all(math.isfinite(v) for v in values):
+        shown = values[0] if n == 1 else values
+        return TrialState.FAIL, None, f"objective is {shown}", "diverged"
+    return TrialState.COMPLETE, values, None, None
 
 
 class SweepInterrupted(Exception):
