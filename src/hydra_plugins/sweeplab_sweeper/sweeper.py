@@ -72,6 +72,11 @@ def quiet_optuna() -> None:
     warnings.filterwarnings(
         "ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning
     )
+    # the storage's heartbeat arguments, which sweeplab relies on (an app run with -Werror must not die)
+    for arg in ("heartbeat_interval", "grace_period"):
+        warnings.filterwarnings(
+            "ignore", message=f"Argument ``{arg}`` is an experimental", category=ExperimentalWarning
+        )
 
 
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
