@@ -96,12 +96,13 @@ def fit(
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
     # Only the class each entry names: a nested _target_ inside its arguments would be refused.
     extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
-    pruning, clock = [], None
+    pruning, clock, pruner = [], None, None
     if (trial is not None or follower) and not rc.objective.multi:  # Optuna prunes one objective only
         from sweeplab.sweep.pruning import PruningCallback
 
         sign = 1.0 if rc.objective.watched_mode == rc.objective.mode else -1.0
-        pruning = [PruningCallback(trial, monitor=rc.objective.watched, sign=sign)]
+        pruner = PruningCallback(trial, monitor=rc.objective.watched, sign=sign)
+        pruning = [pruner]
     if trial is not None:
         from sweeplab.sweep.pruning import StartupClock
 
@@ -124,18 +125,16 @@ def fit(
             if trial is not None:
                 trial.set_user_attr("start_validation_reused", reuse.reused["start_validation"])
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
-    if pruning and pruning[0].pruned_at is not None:
+    if pruner is not None and pruner.pruned_at is not None:
         if trial is None:  # a rank > 0: rank 0 tells Optuna
-            log.info(
-                "rank %d stops with rank 0: pruned at step %d", trainer.global_rank, pruning[0].pruned_at
-            )
+            log.info("rank %d stops with rank 0: pruned at step %d", trainer.global_rank, pruner.pruned_at)
             return float("nan")
         import optuna
 
         trial.set_user_attr("steps", trainer.global_step)
         trial.set_user_attr("wall_s", time.perf_counter() - started)
         trial.set_user_attr("startup_s", clock.seconds)
-        raise optuna.TrialPruned(f"pruned at step {pruning[0].pruned_at}")
+        raise optuna.TrialPruned(f"pruned at step {pruner.pruned_at}")
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
         # Every run ends with final val metrics; PruningCallback reports them to the trial too.
         trainer.validate(module, val_loader, verbose=False)
