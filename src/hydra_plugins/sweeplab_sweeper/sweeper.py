@@ -424,15 +424,19 @@ class SweeplabSweeper(Sweeper):
         impl = self.impl  # everything checked before a storage, study or trial exists
         own = impl.own_task
         checks.fail("cannot sweep here", checks.rank_problems())
-        problems = [] if own else apps.other_app_problems(impl.extra, impl.direction, impl.task)
-        checks.fail(
-            "invalid sweeper config", problems + apps.multi_objective_problems(impl.extra, impl.direction)
-        )
+        if not own:
+            checks.fail(
+                "invalid sweeper config", apps.other_app_problems(impl.extra, impl.direction, impl.task)
+            )
         space = checks.space_problems(impl.params, arguments, impl.config, own)
         space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config, own))
         if own:  # sweeplab's schema, data files and objective; another app's config is its own business
             checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
+        # directions resolved (auto: each objective.metric's sense), so checked after the config
+        checks.fail(
+            "invalid sweeper config", apps.multi_objective_problems(impl.extra, impl._get_directions())
+        )
         url = default_storage(impl.storage, Path(impl.sweep_dir))
         checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
         launcher = impl.config.hydra.launcher
