@@ -37,6 +37,7 @@ def run_app(script: Path, *overrides: str, cwd: Path, timeout: int = 300) -> sub
     )
 
 
+@pytest.mark.slow  # ~17 s on quiet cores, 37 s on busy ones
 def test_another_app_is_pruned_resumed_and_reported(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     args = [f"hydra.sweep.dir={sweep_dir}", RECIPES, PRUNE_AFTER_ONE]
