@@ -27,6 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from hydra_plugins.sweeplab_sweeper.apps import started_from_command_line, worker_argv
 from hydra_plugins.sweeplab_sweeper.outcome import raise_interrupt
 from hydra_plugins.sweeplab_sweeper.recovery import fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.study import log_to_wandb, summarize
@@ -295,3 +296,20 @@ def spawn_workers(sweep_dir: Path, n_jobs: int, command: list[str]) -> list[subp
             )
         log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
     return workers
+
+
+def local_workers(
+    config: DictConfig, sweep_dir: Path, n_jobs: int, study_name: str
+) -> list[subprocess.Popen]:
+    """Worker processes 1..n_jobs-1 of a sweep on this machine (none when Hydra was driven from Python:
+    a copy of that process's command would run something else)."""
+    if n_jobs < 2:
+        return []
+    if not started_from_command_line(config):
+        log.warning(
+            "hydra.sweeper.n_jobs=%d: this sweep was started from Python, not a command line, so no "
+            "worker processes can be started; its trials run one after another in this process",
+            n_jobs,
+        )
+        return []
+    return spawn_workers(sweep_dir, n_jobs, worker_argv(str(sweep_dir), study_name))

@@ -6,11 +6,13 @@ import gc
 import math
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.utils import JobStatus
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper.recovery import STORAGE_LOST_NOTE
@@ -137,3 +139,32 @@ def raise_interrupt(received: list[int], signum: int) -> None:
         return  # one is enough: the first is being handled
     received.append(signum)
     raise KeyboardInterrupt
+
+
+def quiet_optuna() -> None:
+    """Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
+    Set when the sweep starts: Hydra imports plugins inside catch_warnings, which drops filters set then."""
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
+    warnings.filterwarnings(
+        "ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning
+    )
+    # the storage's heartbeat arguments, which sweeplab relies on (an app run with -Werror must not die)
+    for arg in ("heartbeat_interval", "grace_period"):
+        warnings.filterwarnings(
+            "ignore", message=f"Argument ``{arg}`` is an experimental", category=ExperimentalWarning
+        )
+
+
+def shown_values(names: list[str] | None, values: list[float] | None) -> str:
+    """' val/loss 4.12' or ' value 0.5' or ' values [1, 45.25]' for the trial's log line."""
+    if not values:
+        return ""
+    if names:
+        return " " + ", ".join(f"{name} {v:.4g}" for name, v in zip(names, values, strict=True))
+    return (
+        f" value {values[0]:.4g}"
+        if len(values) == 1
+        else f" values [{', '.join(f'{v:.4g}' for v in values)}]"
+    )

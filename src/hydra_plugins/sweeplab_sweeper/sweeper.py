@@ -24,7 +24,6 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig
-from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import apps, checks, cluster, phases
@@ -36,11 +35,13 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     interrupted,
     note_storage_lost,
     outcome,
+    quiet_optuna,
     raise_interrupt,
     release_memory,
+    shown_values,
 )
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
-from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from hydra_plugins.sweeplab_sweeper.storage import absolute_url, default_storage, open_storage, study_lock
 from hydra_plugins.sweeplab_sweeper.study import (
     configure_trials,
     enqueue_recipes,
@@ -61,23 +62,6 @@ from sweeplab.sweep.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweeplab.training.ranks import WORKER_ENV
 
 log = logging.getLogger(__name__)
-
-
-def quiet_optuna() -> None:
-    """Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
-    Set when the sweep starts: Hydra imports plugins inside catch_warnings, which drops filters set then."""
-    warnings.filterwarnings(
-        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
-    )
-    warnings.filterwarnings(
-        "ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning
-    )
-    # the storage's heartbeat arguments, which sweeplab relies on (an app run with -Werror must not die)
-    for arg in ("heartbeat_interval", "grace_period"):
-        warnings.filterwarnings(
-            "ignore", message=f"Argument ``{arg}`` is an experimental", category=ExperimentalWarning
-        )
-
 
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
 
@@ -209,17 +193,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 apps.worker_argv(str(sweep_dir), study.study_name),
                 self.own_task,
             )
-        workers = []
-        if not os.environ.get(WORKER_ENV) and self.n_jobs > 1:
-            if apps.started_from_command_line(self.config):
-                command = apps.worker_argv(str(sweep_dir), study.study_name)
-                workers = cluster.spawn_workers(sweep_dir, self.n_jobs, command)
-            else:
-                log.warning(
-                    "hydra.sweeper.n_jobs=%d: this sweep was started from Python, not a command line, so no "
-                    "worker processes can be started; its trials run one after another in this process",
-                    self.n_jobs,
-                )
+        workers = (
+            []
+            if os.environ.get(WORKER_ENV)
+            else cluster.local_workers(self.config, sweep_dir, self.n_jobs, study.study_name)
+        )
         received: list[int] = []
         previous = None
         if threading.current_thread() is threading.main_thread():
@@ -361,25 +339,6 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         trial.set_user_attr("fail_kind", kind)
         study.tell(trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
-
-
-def shown_values(names: list[str] | None, values: list[float] | None) -> str:
-    """' val/loss 4.12' or ' value 0.5' or ' values [1, 45.25]' for the trial's log line."""
-    if not values:
-        return ""
-    if names:
-        return " " + ", ".join(f"{name} {v:.4g}" for name, v in zip(names, values, strict=True))
-    return (
-        f" value {values[0]:.4g}"
-        if len(values) == 1
-        else f" values [{', '.join(f'{v:.4g}' for v in values)}]"
-    )
-
-
-def default_storage(storage: Any, sweep_dir: Path) -> str:
-    """hydra.sweeper.storage, or (null, upstream's in-memory study) an SQLite file in the sweep dir: the
-    study sits with its trials, workers share it, and a rerun into the same sweep dir resumes it."""
-    return str(storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
 
 
 class SweeplabSweeper(Sweeper):
