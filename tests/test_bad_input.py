@@ -321,6 +321,21 @@ SWEEP_CASES = {
         "hydra.sweeper.direction=minimize contradicts objective.metric=val/tool_exact",
         "hydra.sweeper.direction=auto",
     ),
+    "two directions for one objective": (
+        lambda d: ["hydra.sweeper.direction=[minimize,minimize]"],
+        "gives 2 directions, but objective.metric=['val/loss'] names 1",
+        "objective.metric=[...]",
+    ),
+    "a run metric judging the validations": (
+        lambda d: ["objective.metric=[trainable_params,val/loss]"],
+        "objective.metric: the first of a list must be one of",
+        "it judges each validation",
+    ),
+    "patience on a Pareto front": (
+        lambda d: ["objective.metric=[val/loss,trainable_params]", "hydra.sweeper.patience=2"],
+        "hydra.sweeper.patience=2: stops once the best stops improving",
+        "Pareto front",
+    ),
     # search spaces
     "empty interval": (
         lambda d: ["optim.lr=interval(1e-3,1e-5)"],

@@ -28,6 +28,7 @@ from sweeplab.config import CONF_DIR, RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.quiet import quiet_library_noise
 from sweeplab.secrets import install_log_redaction, redact, redact_text
+from sweeplab.sweep.task import sweeplab_task
 from sweeplab.training.ranks import is_rank_zero, trial_ranks
 from sweeplab.training.results import write_config, write_outputs
 
@@ -57,7 +58,7 @@ def preflight_data(rc: RunConfig) -> None:
 
 def fit(
     rc: RunConfig, run_dir: Path, resolved: dict, ckpt: str | None, trial: Any = None, follower: bool = False
-) -> float:
+) -> float | tuple[float, ...]:
     """follower: a rank > 0 of a sweep's multi-device trial; it prunes when rank 0 (holding `trial`) does."""
     import lightning as L
     import torch
@@ -95,12 +96,13 @@ def fit(
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
     # Only the class each entry names: a nested _target_ inside its arguments would be refused.
     extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
-    pruning, clock = [], None
-    if trial is not None or follower:
+    pruning, clock, pruner = [], None, None
+    if (trial is not None or follower) and not rc.objective.multi:  # Optuna prunes one objective only
         from sweeplab.sweep.pruning import PruningCallback
 
         sign = 1.0 if rc.objective.watched_mode == rc.objective.mode else -1.0
-        pruning = [PruningCallback(trial, monitor=rc.objective.watched, sign=sign)]
+        pruner = PruningCallback(trial, monitor=rc.objective.watched, sign=sign)
+        pruning = [pruner]
     if trial is not None:
         from sweeplab.sweep.pruning import StartupClock
 
@@ -123,18 +125,16 @@ def fit(
             if trial is not None:
                 trial.set_user_attr("start_validation_reused", reuse.reused["start_validation"])
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
-    if pruning and pruning[0].pruned_at is not None:
+    if pruner is not None and pruner.pruned_at is not None:
         if trial is None:  # a rank > 0: rank 0 tells Optuna
-            log.info(
-                "rank %d stops with rank 0: pruned at step %d", trainer.global_rank, pruning[0].pruned_at
-            )
+            log.info("rank %d stops with rank 0: pruned at step %d", trainer.global_rank, pruner.pruned_at)
             return float("nan")
         import optuna
 
         trial.set_user_attr("steps", trainer.global_step)
         trial.set_user_attr("wall_s", time.perf_counter() - started)
         trial.set_user_attr("startup_s", clock.seconds)
-        raise optuna.TrialPruned(f"pruned at step {pruning[0].pruned_at}")
+        raise optuna.TrialPruned(f"pruned at step {pruner.pruned_at}")
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
         # Every run ends with final val metrics; PruningCallback reports them to the trial too.
         trainer.validate(module, val_loader, verbose=False)
@@ -146,7 +146,7 @@ def fit(
     for entry in trained[1:]:
         best = entry if module.better(entry, best) else best
     final = module.val_history[-1]
-    metric = rc.objective.metric
+    metric = rc.objective.primary
     objective = broadcast_from_rank_zero(trainer, float(best[metric]))
     module.load_best()  # the adapter and the objective are the best validation's weights
     lora_sha256 = lora_digest(module.model)
@@ -155,7 +155,7 @@ def fit(
     adapter_state = gathered_state(trainer)
     if not trainer.is_global_zero:
         return objective  # rank 0 writes the adapter and metrics, and tells Optuna
-    write_outputs(
+    values = write_outputs(
         rc,
         run_dir,
         trainer,
@@ -174,7 +174,7 @@ def fit(
         trial=trial,
         clock=clock,
     )
-    return objective
+    return tuple(values) if rc.objective.multi else objective  # several: the sweep's Pareto coordinates
 
 
 def start_key(rc: RunConfig, model_dir: str, placement: Any) -> tuple:
@@ -227,7 +227,7 @@ def _models_alive(current: Any) -> int:
 _MODULES: weakref.WeakSet = weakref.WeakSet()  # every QLoRAModule fit built; a WeakSet keeps none alive
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | tuple[float, ...]:
     install_log_redaction()  # Hydra set up this job's log handlers just before calling us
     quiet_library_noise()
     sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv in every run's metadata
@@ -310,8 +310,10 @@ def _remove_empty_parents(run_dir: Path, run_name: str) -> None:
 
 
 # Targets any config may instantiate: our own classes, Hydra plugins, Optuna samplers, Python logging.
+# Marked: the sweeper applies sweeplab's checks and phases to this task only (sweeplab.sweep.task).
 @hydra.main(config_path=CONF_DIR, config_name="train", execution_whitelist=TRUSTED_TARGETS)
-def main(cfg: DictConfig) -> float:
+@sweeplab_task
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     hydra_cfg = HydraConfig.get()
     try:
         return run(cfg)

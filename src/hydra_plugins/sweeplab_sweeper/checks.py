@@ -70,10 +70,8 @@ def option_problems(options: dict[str, Any]) -> list[str]:
     for name in [getattr(d, "name", d) for d in names]:
         if name not in ("auto", "minimize", "maximize"):
             problems.append(f"hydra.sweeper.direction must be auto, minimize or maximize, got {name!r}")
-    if len(names) != 1:
-        problems.append(
-            f"hydra.sweeper.direction must be one direction (a run returns one objective), got {names}"
-        )
+    if not names:
+        problems.append("hydra.sweeper.direction must be a direction or a list of them, got []")
     if options["max_failures"] is not None and options["max_failures"] < 0:
         problems.append(f"hydra.sweeper.max_failures must be >= 0 or null, got {options['max_failures']}")
     if (beat := options["heartbeat_interval"]) < 1:
@@ -167,8 +165,11 @@ def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
     return []
 
 
-def space_problems(params: DictConfig | None, arguments: list[str], config: DictConfig) -> list[str]:
-    """Each search-space entry parses, names a real key, and offers only values the config accepts."""
+def space_problems(
+    params: DictConfig | None, arguments: list[str], config: DictConfig, own_task: bool = True
+) -> list[str]:
+    """Each search-space entry parses, names a real key, and offers only values the config accepts
+    (sweeplab's schema: its training task only; another app's values are its own to judge)."""
     sources = [(f"hydra.sweeper.params.{k}", f"{k}={v}") for k, v in (params or {}).items()]
     sources += [(arg, arg) for arg in arguments]
     problems = []
@@ -180,7 +181,7 @@ def space_problems(params: DictConfig | None, arguments: list[str], config: Dict
             continue
         for key, dist in distributions.items():
             problem = _key_problem(key, config)
-            if problem is None:
+            if problem is None and own_task:
                 values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
                 problem = _values_problem(key, values, config)
             if problem:
@@ -188,12 +189,12 @@ def space_problems(params: DictConfig | None, arguments: list[str], config: Dict
     return problems
 
 
-def enqueue_problems(enqueue: list[Any], config: DictConfig) -> list[str]:
+def enqueue_problems(enqueue: list[Any], config: DictConfig, own_task: bool = True) -> list[str]:
     """A hand-set recipe runs first in every new study: a typo there fails the first trials."""
     problems = []
     for i, recipe in enumerate(enqueue or []):
         for key, value in recipe["params"].items():
-            problem = _key_problem(key, config) or _values_problem(key, [value], config)
+            problem = _key_problem(key, config) or (own_task and _values_problem(key, [value], config))
             if problem:
                 problems.append(f"hydra.sweeper.enqueue[{i}] ({recipe['recipe']}): {problem}")
     return problems
@@ -240,14 +241,23 @@ def config_problems(config: DictConfig, direction: Any = "auto") -> list[str]:
         rc = validate(config)
     except ConfigError as err:
         return str(err).removeprefix("invalid config:\n").strip().splitlines()
-    if isinstance(direction, list | ListConfig):  # more than one is refused by option_problems
-        direction = direction[0] if len(direction) == 1 else "auto"
-    direction = getattr(direction, "name", direction)
-    if direction not in ("auto", rc.objective.resolved_direction):
+    names = list(direction) if isinstance(direction, list | ListConfig) else [direction]
+    names = [getattr(d, "name", d) for d in names]
+    metrics, senses = rc.objective.metrics, rc.objective.resolved_directions
+    if names != ["auto"] and len(names) != len(metrics):
         return [
-            f"hydra.sweeper.direction={direction} contradicts objective.metric={rc.objective.metric}, which "
-            f"a sweep must {rc.objective.resolved_direction}; set hydra.sweeper.direction=auto"
+            f"hydra.sweeper.direction={names} gives {len(names)} directions, but objective.metric={metrics} "
+            f"names {len(metrics)}: give a list of metrics (objective.metric=[...]) or "
+            "hydra.sweeper.direction=auto"
         ]
+    for name, metric, sense in zip(
+        names * len(metrics) if names == ["auto"] else names, metrics, senses, strict=True
+    ):
+        if name not in ("auto", sense):
+            return [
+                f"hydra.sweeper.direction={name} contradicts objective.metric={metric}, which a sweep must "
+                f"{sense}; set hydra.sweeper.direction=auto"
+            ]
     if rc.model.gguf is not None:  # a missing wheel or file would fail every trial
         from sweeplab.models.gguf import locate
 

@@ -27,6 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from hydra_plugins.sweeplab_sweeper.apps import started_from_command_line, worker_argv
 from hydra_plugins.sweeplab_sweeper.outcome import raise_interrupt
 from hydra_plugins.sweeplab_sweeper.recovery import fail_lost_trials
 from hydra_plugins.sweeplab_sweeper.study import log_to_wandb, summarize
@@ -102,10 +103,10 @@ class WorkerJob:
             raise RuntimeError(f"sweep worker {self.env[WORKER_ENV]} exited with code {code}")
 
 
-def worker_jobs(n_jobs: int, kind: str) -> list[WorkerJob]:
-    """n_jobs copies of this command as workers 1..n_jobs; secrets moved into this process's environment."""
+def worker_jobs(n_jobs: int, kind: str, command: list[str]) -> list[WorkerJob]:
+    """n_jobs copies of `command` as workers 1..n_jobs; secrets moved into this process's environment."""
     argv, secret_args = [], {}
-    for i, arg in enumerate(sys.orig_argv):
+    for i, arg in enumerate(command):
         if redact_text(arg) != arg:
             name = SECRET_ARG_ENV.format(i)
             os.environ[name] = arg  # exported to the jobs at submission, never written to the job folder
@@ -121,13 +122,13 @@ def worker_jobs(n_jobs: int, kind: str) -> list[WorkerJob]:
     ]
 
 
-def submit_workers(launcher: Any, n_jobs: int, detach: bool) -> list[Any]:
+def submit_workers(launcher: Any, n_jobs: int, detach: bool, command: list[str]) -> list[Any]:
     """One submission (a SLURM job array, so array_parallelism applies) of n_jobs worker jobs."""
     executor = make_executor(launcher)
     jobs = []
     kind = launcher._EXECUTOR
     with detached_output() if detach and kind == "local" else contextlib.nullcontext(), executor.batch():
-        for job in worker_jobs(n_jobs, kind):
+        for job in worker_jobs(n_jobs, kind, command):
             jobs.append(executor.submit(job))
     for k, job in enumerate(jobs, start=1):
         log.info("worker %d: %s job %s (log: %s)", k, launcher._EXECUTOR, job.job_id, job.paths.stdout)
@@ -217,10 +218,13 @@ def run_on_cluster(
     max_retries: int,
     wait: bool,
     config: DictConfig,
+    command: list[str],
+    own_task: bool = True,
 ) -> None:
-    """This command trains nothing: it submits n_jobs workers, then waits and summarizes, or returns."""
+    """This command trains nothing: it submits n_jobs workers (each running `command`), then waits and
+    summarizes, or returns."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    jobs = submit_workers(launcher, n_jobs, detach=not wait)
+    jobs = submit_workers(launcher, n_jobs, detach=not wait, command=command)
     if not wait:
         for line in how_to_follow(jobs, kind, study.study_name, url):
             log.info("%s", line)
@@ -239,7 +243,8 @@ def run_on_cluster(
         )
         sys.exit(130)
     summarize(study, sweep_dir)
-    log_to_wandb(study, config, sweep_dir)
+    if own_task:
+        log_to_wandb(study, config, sweep_dir)
     done = finished(study)
     if failed and done < n_trials:
         log.error(
@@ -273,8 +278,8 @@ def wait_for_running(study: optuna.Study, lock: Callable[[], Any], max_retries: 
         time.sleep(POLL_S)
 
 
-def spawn_workers(sweep_dir: Path, n_jobs: int) -> list[subprocess.Popen]:
-    """n_jobs - 1 more copies of this very command on the same storage; this process is worker 0."""
+def spawn_workers(sweep_dir: Path, n_jobs: int, command: list[str]) -> list[subprocess.Popen]:
+    """n_jobs - 1 more copies of this very command (`command`) on the same storage; this is worker 0."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if n_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # Each torch process would take every core: N workers on 2 cores ran a step 80x slower.
@@ -286,8 +291,25 @@ def spawn_workers(sweep_dir: Path, n_jobs: int) -> list[subprocess.Popen]:
             env = {**os.environ, WORKER_ENV: str(k)}
             workers.append(
                 subprocess.Popen(
-                    sys.orig_argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
                 )
             )
         log.info("worker %d started (log: %s)", k, sweep_dir / f"worker-{k}.log")
     return workers
+
+
+def local_workers(
+    config: DictConfig, sweep_dir: Path, n_jobs: int, study_name: str
+) -> list[subprocess.Popen]:
+    """Worker processes 1..n_jobs-1 of a sweep on this machine (none when Hydra was driven from Python:
+    a copy of that process's command would run something else)."""
+    if n_jobs < 2:
+        return []
+    if not started_from_command_line(config):
+        log.warning(
+            "hydra.sweeper.n_jobs=%d: this sweep was started from Python, not a command line, so no "
+            "worker processes can be started; its trials run one after another in this process",
+            n_jobs,
+        )
+        return []
+    return spawn_workers(sweep_dir, n_jobs, worker_argv(str(sweep_dir), study_name))

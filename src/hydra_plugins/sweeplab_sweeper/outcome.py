@@ -6,11 +6,13 @@ import gc
 import math
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.utils import JobStatus
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper.recovery import STORAGE_LOST_NOTE
@@ -79,13 +81,34 @@ def fail_kind(exc: BaseException) -> str:
     return next((kind for cls, kind in kinds.items() if isinstance(exc, cls)), "error")
 
 
-def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]:
-    """(state, value, fail_reason, fail_kind) of a finished job."""
+def objective_values(returned: Any, n: int) -> list[float]:
+    """The job's return value as the study's n objective values (upstream's rules); ValueError if not."""
+    if n == 1:
+        try:
+            return [float(returned)]
+        except (TypeError, ValueError):
+            raise ValueError(f"the app must return a float-castable value, got {returned!r}") from None
+    try:
+        values = [float(v) for v in returned]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the study has {n} objectives: the app must return a list or tuple of {n} floats, "
+            f"got {returned!r}"
+        ) from None
+    if len(values) != n:
+        raise ValueError(
+            f"the study has {n} objectives, but the app returned {len(values)} values: {returned!r}"
+        )
+    return values
+
+
+def outcome(ret: Any, n: int = 1) -> tuple[TrialState, list[float] | None, str | None, str | None]:
+    """(state, values, fail_reason, fail_kind) of a finished job in a study of n objectives."""
     if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
         # Read directly: Hydra's return_value getter prints "Error executing job", and pruning is no error.
         return TrialState.PRUNED, None, None, None
     try:
-        value = float(ret.return_value)  # re-raises the job's exception
+        returned = ret.return_value  # re-raises the job's exception
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, None, None
     except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
@@ -93,9 +116,14 @@ def outcome(ret: Any) -> tuple[TrialState, float | None, str | None, str | None]
         if "TrialPruned" in text:  # launchers that cannot pickle it send a RuntimeError naming it
             return TrialState.PRUNED, None, None, None
         return TrialState.FAIL, None, text[:2000], fail_kind(exc)
-    if not math.isfinite(value):
-        return TrialState.FAIL, None, f"objective is {value}", "diverged"
-    return TrialState.COMPLETE, value, None, None
+    try:
+        values = objective_values(returned, n)
+    except ValueError as exc:
+        return TrialState.FAIL, None, str(exc)[:2000], "value"
+    if not all(math.isfinite(v) for v in values):
+        shown = values[0] if n == 1 else values
+        return TrialState.FAIL, None, f"objective is {shown}", "diverged"
+    return TrialState.COMPLETE, values, None, None
 
 
 class SweepInterrupted(Exception):
@@ -111,3 +139,32 @@ def raise_interrupt(received: list[int], signum: int) -> None:
         return  # one is enough: the first is being handled
     received.append(signum)
     raise KeyboardInterrupt
+
+
+def quiet_optuna() -> None:
+    """Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
+    Set when the sweep starts: Hydra imports plugins inside catch_warnings, which drops filters set then."""
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
+    warnings.filterwarnings(
+        "ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning
+    )
+    # the storage's heartbeat arguments, which sweeplab relies on (an app run with -Werror must not die)
+    for arg in ("heartbeat_interval", "grace_period"):
+        warnings.filterwarnings(
+            "ignore", message=f"Argument ``{arg}`` is an experimental", category=ExperimentalWarning
+        )
+
+
+def shown_values(names: list[str] | None, values: list[float] | None) -> str:
+    """' val/loss 4.12' or ' value 0.5' or ' values [1, 45.25]' for the trial's log line."""
+    if not values:
+        return ""
+    if names:
+        return " " + ", ".join(f"{name} {v:.4g}" for name, v in zip(names, values, strict=True))
+    return (
+        f" value {values[0]:.4g}"
+        if len(values) == 1
+        else f" values [{', '.join(f'{v:.4g}' for v in values)}]"
+    )

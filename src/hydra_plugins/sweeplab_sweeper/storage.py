@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy
 
@@ -71,3 +72,9 @@ def study_lock(url: str, study_name: str, lock_dir: Path, timeout: float = 0) ->
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def default_storage(storage: Any, sweep_dir: Path) -> str:
+    """hydra.sweeper.storage, or (null, upstream's in-memory study) an SQLite file in the sweep dir: the
+    study sits with its trials, workers share it, and a rerun into the same sweep dir resumes it."""
+    return str(storage or f"sqlite:///{sweep_dir / 'optuna.db'}")

@@ -34,7 +34,7 @@ def open_study(
     sampler_cfg: DictConfig,
     pruner: str,
     pruner_kwargs: dict[str, Any],
-    max_steps: int,
+    max_steps: int | None,
 ) -> optuna.Study:
     """Create or resume the study; resuming one made for the other direction is refused."""
     try:
@@ -47,8 +47,8 @@ def open_study(
         checks.fail(
             "cannot resume the study",
             [
-                f"study {study_name} in {redact_text(url)} was created to {existing[0]}, but this "
-                f"sweep would {directions[0]}; choose a new hydra.sweeper.study_name"
+                f"study {study_name} in {redact_text(url)} was created to {' and '.join(existing)}, but this "
+                f"sweep would {' and '.join(directions)}; choose a new hydra.sweeper.study_name"
             ],
         )
     if pruner == "hyperband" and pruner_kwargs.get("max_resource", "auto") == "auto":
@@ -88,17 +88,18 @@ def configure_trials(config, extender, trials, search_space_distributions, fixed
     return overrides
 
 
-def set_metric(study: optuna.Study, metric: str) -> None:
-    """Name the study's metric; resuming one made for another metric is refused."""
+def set_metric(study: optuna.Study, metrics: list[str]) -> None:
+    """Name the study's metrics; resuming one made for other metrics is refused."""
     if study.metric_names is None:
-        study.set_metric_names([metric])
-    elif study.metric_names != [metric]:
+        study.set_metric_names(list(metrics))
+    elif study.metric_names != list(metrics):
+        made = study.metric_names[0] if len(study.metric_names) == 1 else f"[{','.join(study.metric_names)}]"
+        given = metrics[0] if len(metrics) == 1 else f"[{','.join(metrics)}]"
         checks.fail(
             "cannot resume the study",
             [
-                f"study {study.study_name} optimizes {study.metric_names[0]}, but objective.metric="
-                f"{metric}; set objective.metric={study.metric_names[0]} to resume it, or choose a "
-                "new hydra.sweeper.study_name"
+                f"study {study.study_name} optimizes {made}, but objective.metric={given}; set "
+                f"objective.metric={made} to resume it, or choose a new hydra.sweeper.study_name"
             ],
         )
 
@@ -109,9 +110,11 @@ def enqueue_recipes(
     distributions: dict[str, Any],
     fixed: dict[str, Any],
     notes: dict[str, str] | None = None,
+    program: str = "python -m sweeplab.train",
 ) -> None:
     """Once per study: queue the recipes, and store the command and fixed values every trial shares.
-    notes: recipe -> where its lr lies against the range test's range, kept on its trial."""
+    notes: recipe -> where its lr lies against the range test's range, kept on its trial.
+    program: how the app is started (the start of the best trial's command)."""
     if not study.user_attrs.get("enqueued"):
         for recipe in recipes:
             params = dict(recipe["params"])
@@ -126,7 +129,7 @@ def enqueue_recipes(
                 attrs["lr_vs_range"] = notes[recipe["recipe"]]
             study.enqueue_trial({k: v for k, v in params.items() if k in distributions}, user_attrs=attrs)
         study.set_user_attr("enqueued", True)
-        study.set_user_attr("command", base_command())
+        study.set_user_attr("command", base_command(program))
         study.set_user_attr("fixed", fixed)  # the space's fixed values: part of every trial's command
 
 
@@ -152,14 +155,14 @@ def with_recipe(overrides: list[str], trial: optuna.Trial) -> list[str]:
     return kept + [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in extra.items()]
 
 
-def base_command() -> str:
+def base_command(program: str = "python -m sweeplab.train") -> str:
     """The sweep command without the sweep, as the start of the best trial's command."""
     args = [
         a
         for a in sys.argv[1:]
         if not a.startswith(("--multirun", "-m", "hparams_search=", "hydra.", "hydra/"))
     ]
-    return redact_text(" ".join(["python -m sweeplab.train", *args]))
+    return redact_text(" ".join([program, *args]))
 
 
 def summarize(study: optuna.Study, sweep_dir: Path) -> None:
@@ -171,10 +174,19 @@ def summarize(study: optuna.Study, sweep_dir: Path) -> None:
             "no trial completed; see the trials' fail_reason (python -m sweeplab.report %s)", study.study_name
         )
         return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if len(study.directions) > 1:  # upstream's file: the Pareto front's params and values
+        front = study.best_trials
+        log.info("Pareto front of %d objectives: %d trials", len(study.directions), len(front))
+        for t in front:
+            log.info("  trial %d: values %s with %s", t.number, t.values, t.params)
+        solutions = [{"params": t.params, "values": t.values, "trial": t.number} for t in front]
+        results = {"name": "optuna", "solutions": solutions}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        return
     best = study.best_trial
     metric = study.metric_names[0] if study.metric_names else "value"
     log.info("best trial %d: %s %.4f with %s", best.number, metric, best.value, best.params)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "name": "optuna",
         "best_params": best.params,

@@ -24,10 +24,9 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig
-from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from hydra_plugins.sweeplab_sweeper import checks, cluster, phases
+from hydra_plugins.sweeplab_sweeper import apps, checks, cluster, phases
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
     SweepDiskFull,
@@ -36,11 +35,13 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     interrupted,
     note_storage_lost,
     outcome,
+    quiet_optuna,
     raise_interrupt,
     release_memory,
+    shown_values,
 )
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
-from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from hydra_plugins.sweeplab_sweeper.storage import absolute_url, default_storage, open_storage, study_lock
 from hydra_plugins.sweeplab_sweeper.study import (
     configure_trials,
     enqueue_recipes,
@@ -56,13 +57,11 @@ from hydra_plugins.sweeplab_sweeper.study import (
 from sweeplab.config import validate
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
-from sweeplab.sweep.trial import TRIAL_ENV
+from sweeplab.sweep.task import is_sweeplab_task
+from sweeplab.sweep.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweeplab.training.ranks import WORKER_ENV
 
 log = logging.getLogger(__name__)
-# Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental", category=ExperimentalWarning)
 
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
 
@@ -87,10 +86,29 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.wait = extra["wait"]
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
         self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
+        self.extra = extra
+        # sweeplab's training task (its checks, phases and W&B grouping), or any other Hydra app
+        self.own_task = True
+        self.task = "sweeplab.train.main"
+
+    @property
+    def max_steps(self) -> int | None:
+        """sweeplab's trial length (pruner defaults, budget); None for another app."""
+        return self.config.trainer.max_steps if self.own_task else None
+
+    @property
+    def metrics(self) -> list[str] | None:
+        return self.objective.metrics if self.own_task else None
 
     def _get_directions(self) -> list[str]:
-        """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
-        return [self.objective.resolved_direction if d == "auto" else d for d in super()._get_directions()]
+        """`auto` (the default, via ${objective.direction}): each objective metric's own sense."""
+        given = apps.directions_of(self.direction)
+        if not self.own_task:
+            return given
+        senses = self.objective.resolved_directions
+        if given == ["auto"]:
+            return senses
+        return [sense if d == "auto" else d for d, sense in zip(given, senses, strict=True)]
 
     @property
     def objective(self):
@@ -105,6 +123,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         install_log_redaction()  # the launcher logs every job's overrides, a storage URL among them
+        quiet_optuna()
         sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv; workers use sys.orig_argv
         self._process_searchspace_config()
         distributions, fixed, fixed_overrides = create_params_from_overrides(
@@ -113,35 +132,43 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         for name in fixed:
             distributions.pop(name, None)
         sweep_dir = Path(self.sweep_dir)
-        url = absolute_url(str(self.storage or f"sqlite:///{sweep_dir.parent / 'optuna.db'}"))
+        url = absolute_url(default_storage(self.storage, sweep_dir))
         lock = lambda: study_lock(url, self.study_name, sweep_dir, self.storage_timeout)  # noqa: E731
-        metric = self.objective.metric
         try:
-            self._sweep(url, lock, distributions, fixed, fixed_overrides, sweep_dir, metric)
+            self._sweep(url, lock, distributions, fixed, fixed_overrides, sweep_dir, self.metrics)
         except StorageUnreachable as exc:  # one line, no traceback: the rerun resumes from last.ckpt
             log.error("%s", exc)
             note_storage_lost(self.in_flight, exc)
             sys.exit(STORAGE_LOST_EXIT)
 
-    def _sweep(self, url, lock, distributions, fixed, fixed_overrides, sweep_dir: Path, metric: str) -> None:
+    def _sweep(self, url, lock, distributions, fixed, fixed_overrides, sweep_dir: Path, metrics) -> None:
         LOST.clear()
         LOST_ERROR.clear()
+        self.url = url
+        directions = self._get_directions()
+        if len(directions) > 1 and self.pruner != "none" and not os.environ.get(WORKER_ENV):
+            log.info(
+                "pruning is off: Optuna prunes single-objective studies only (%d objectives)", len(directions)
+            )
         with lock():
             storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.storage_timeout)
             study = open_study(
                 storage,
                 url,
                 self.study_name,
-                self._get_directions(),
+                directions,
                 self.sampler_cfg,
-                self.pruner,
+                self.pruner if len(directions) == 1 else "none",
                 self.pruner_kwargs,
-                self.config.trainer.max_steps,
+                self.max_steps,
             )
-            set_metric(study, metric)
-            record_settings(study, self.config.trainer.max_steps, self.budget, self.objective)
+            if self.own_task:
+                set_metric(study, metrics)
+                record_settings(study, self.max_steps, self.budget, self.objective)
             if not phases.wanted(self.config, distributions):  # else after the range test's centre point
-                enqueue_recipes(study, self.enqueue, distributions, fixed)
+                enqueue_recipes(
+                    study, self.enqueue, distributions, fixed, program=apps.program(self.own_task)
+                )
         finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         log.info(
             "study %s in %s: %d of %d trials done",
@@ -163,13 +190,20 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self.max_retries,
                 self.wait,
                 self.config,
+                apps.worker_argv(str(sweep_dir), study.study_name),
+                self.own_task,
             )
-        workers = cluster.spawn_workers(sweep_dir, self.n_jobs) if not os.environ.get(WORKER_ENV) else []
+        workers = (
+            []
+            if os.environ.get(WORKER_ENV)
+            else cluster.local_workers(self.config, sweep_dir, self.n_jobs, study.study_name)
+        )
         received: list[int] = []
+        previous = None
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (SLURM, Kubernetes) outside a training step: stop like Ctrl-C, not die at once
             # with the workers left running. Inside a step, GracefulStop takes both signals over.
-            signal.signal(signal.SIGTERM, lambda signum, frame: raise_interrupt(received, signum))
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: raise_interrupt(received, signum))
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         except (SweepInterrupted, KeyboardInterrupt) as stop:
@@ -190,9 +224,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         finally:
             for worker in workers:
                 worker.wait()
+            if previous is not None:  # a sweep driven from Python leaves its caller's handler in place
+                signal.signal(signal.SIGTERM, previous)
         if not os.environ.get(WORKER_ENV):
             summarize(study, sweep_dir)
-            log_to_wandb(study, self.config, sweep_dir)
+            if self.own_task:
+                log_to_wandb(study, self.config, sweep_dir)
         if not complete:
             sys.exit(1)  # too many failures: the log above says which and why
 
@@ -200,7 +237,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         """Run trials until the study holds n_trials finished ones or its budget is spent (True), or too
         many failed (False). The range test, when configured, comes first and narrows optim.lr."""
         distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
-        max_steps = self.config.trainer.max_steps
+        max_steps = self.max_steps
         while True:
             with lock():
                 fail_lost_trials(study, self.max_retries)
@@ -252,9 +289,12 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.in_flight = Path(self.sweep_dir) / str(trial.number)  # hydra.sweep.subdir: the trial number
         overrides += [
             f"+hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}",
-            f"logger.group={study.study_name}",
-            f"logger.name=trial-{trial.number}",
+            f"+hydra.job.env_set.{STUDY_ENV}={apps.hydra_value(study.study_name)}",
         ]
+        if redact_text(self.url) == self.url:  # no password in it: the job opens exactly this storage
+            overrides.append(f"+hydra.job.env_set.{STORAGE_ENV}={apps.hydra_value(self.url)}")
+        if self.own_task:
+            overrides += [f"logger.group={study.study_name}", f"logger.name=trial-{trial.number}"]
         resume_from = trial.user_attrs.get(RESUME_ATTR)
         if resume_from and Path(resume_from).is_file():  # a retry of a killed trial goes on from there
             overrides.append(f"ckpt_path='{resume_from}'")
@@ -272,7 +312,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         finally:
             beating.set()
             heart.join()
-        state, value, reason, kind = outcome(ret)
+        state, values, reason, kind = outcome(ret, len(study.directions))
         del ret
         release_memory()
         if kind == "storage":  # last.ckpt saved; the trial stays RUNNING and the rerun resumes it
@@ -287,13 +327,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("fail_kind", kind)
             log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
-        study.tell(trial, state=state, values=None if value is None else [value])
-        shown = (
-            f" {study.metric_names[0] if study.metric_names else 'value'} {value:.4f}"
-            if value is not None
-            else ""
-        )
-        log.info("trial %d %s%s", trial.number, state.name, shown)
+        study.tell(trial, state=state, values=values)
+        log.info("trial %d %s%s", trial.number, state.name, shown_values(study.metric_names, values))
         self.in_flight = None
 
     def stop_trial(
@@ -336,18 +371,32 @@ class SweeplabSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         impl = self.impl
         impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        impl.own_task = is_sweeplab_task(task_function)
+        impl.task = apps.task_name(task_function)
+        if impl.study_name is None:  # upstream's null is a random name; workers and a rerun need one name
+            impl.study_name = str(config.hydra.job.name)
         impl.cluster = cluster.executor_kind(impl.launcher)
         if impl.cluster and os.environ.get(WORKER_ENV):  # a worker job: its trials run in it
             impl.launcher = cluster.basic_launcher(hydra_context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.impl  # everything checked before a storage, study or trial exists
+        own = impl.own_task
         checks.fail("cannot sweep here", checks.rank_problems())
-        space = checks.space_problems(impl.params, arguments, impl.config)
+        if not own:
+            checks.fail(
+                "invalid sweeper config", apps.other_app_problems(impl.extra, impl.direction, impl.task)
+            )
+        space = checks.space_problems(impl.params, arguments, impl.config, own)
         space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
-        checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
-        checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
-        url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
+        checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config, own))
+        if own:  # sweeplab's schema, data files and objective; another app's config is its own business
+            checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
+        # directions resolved (auto: each objective.metric's sense), so checked after the config
+        checks.fail(
+            "invalid sweeper config", apps.multi_objective_problems(impl.extra, impl._get_directions())
+        )
+        url = default_storage(impl.storage, Path(impl.sweep_dir))
         checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
         launcher = impl.config.hydra.launcher
         checks.fail(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeplab.outputs import atomic_write_text
+from sweeplab.report.pareto import front, is_multi, pareto_section
 from sweeplab.report.phases import phases_section
 from sweeplab.report.storage import ReportError, default_storage, load, output_root
 from sweeplab.report.table import (
@@ -16,6 +17,7 @@ from sweeplab.report.table import (
     best_trial,
     header,
     metric_name,
+    objective_names,
     param_keys,
     rows,
     to_csv,
@@ -52,6 +54,8 @@ def index_md(
     lines += ["All trials: [trials.md](trials.md) · [trials.csv](trials.csv)", ""]
     if command:
         lines += ["## Best trial's command", "", "```sh", command, "```", ""]
+    if is_multi(study):
+        lines += pareto_section(study, trials)
     lines += phases_section(study, trials, best)
     lines += test_section(metric, trials, best, study)
     lines += failures_section(best)
@@ -77,7 +81,8 @@ def report(study: optuna.Study, url: str, out: Path) -> str | None:
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     keys = param_keys(trials)
-    atomic_write_text(out / "trials.csv", to_csv(rows(trials, keys), keys))
+    objectives = objective_names(study) if is_multi(study) else None
+    atomic_write_text(out / "trials.csv", to_csv(rows(trials, keys, objectives), keys, objectives))
     atomic_write_text(out / "trials.md", trials_md(study, url, trials, best))
     command = best_command(study, best) if best is not None else None
     if command:
@@ -121,7 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:  # the study was read; the report directory could not be written
         print(f"sweeplab.report: error: cannot write the report: {err}", file=sys.stderr)
         sys.exit(1)
-    if command is None:
+    if is_multi(study):
+        print(
+            f"sweeplab.report: a study of {len(study.directions)} objectives has no single best: "
+            f"{len(front(study))} Pareto-optimal trials, their commands in index.md",
+            file=sys.stderr,
+        )
+    elif command is None:
         print("sweeplab.report: no COMPLETE trial yet, so no best command", file=sys.stderr)
     else:
         print(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sweeplab.report.table import md_cell, rung_value
+from sweeplab.report.table import md_cell, rung_value, value_cell
 
 if TYPE_CHECKING:
     import optuna
@@ -60,7 +60,7 @@ def phases_section(study: optuna.Study, trials: list[FrozenTrial], best: FrozenT
             str(t.number),
             lr_cell,
             t.state.name,
-            rung_value(study, t) or md_cell(t.value),
+            rung_value(study, t) or value_cell(t),
             md_cell(t.user_attrs.get("test/tool_exact")),
         ]
         lines.append("| " + " | ".join(cells) + f" | {steps_of(t)} |")

@@ -236,10 +236,19 @@ def write_plots(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTria
         ("parallel_coordinate", "Parallel coordinates", 2, lambda: optuna_pair("plot_parallel_coordinate")),
         ("slice", "Slice: each parameter against the objective", 1, lambda: optuna_pair("plot_slice")),
     ]
+    multi = len(study.directions) > 1
+    if multi:  # no single target: the front instead of the plots of one value
+        from sweeplab.report.pareto import pareto_plots
+
+        specs = [specs[0], ("pareto_front", "Pareto front plot", 1, lambda: pareto_plots(study))]
     plots = []
     for stem, title, needed, make in specs:
         plot = Plot(stem, title)
-        if stem == "learning_curves" and not curves(trials):
+        if stem == "learning_curves" and multi and not curves(trials):
+            plot.note = "Optuna prunes single-objective studies only, so no trial reported values on the way"
+        elif stem == "pareto_front" and len(study.directions) > 3:
+            plot.note = f"Optuna draws the front of 2 or 3 objectives, the study has {len(study.directions)}"
+        elif stem == "learning_curves" and not curves(trials):
             plot.note = f"no trial reported {metric} yet"
         elif n_complete < needed:
             plot.note = (

@@ -149,7 +149,4 @@ def load(target: str | None, storage_url: str | None) -> tuple[optuna.Study, str
         name = names[0]
     elif name not in names:
         raise ReportError(f"no study '{name}' in {mask(url)}; studies there: {', '.join(names)}")
-    study = optuna.load_study(study_name=name, storage=storage)
-    if len(study.directions) != 1:
-        raise ReportError(f"study '{name}' has {len(study.directions)} objectives; the report reads one")
-    return study, url
+    return optuna.load_study(study_name=name, storage=storage), url

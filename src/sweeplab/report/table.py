@@ -27,16 +27,36 @@ TEST_METRICS = (
 
 
 def metric_name(study: optuna.Study) -> str:
-    names = study.metric_names
-    return names[0] if names else "val/loss"
+    """The (first) objective's name: sweeplab's task names its metrics; another app's value is 'value'."""
+    return objective_names(study)[0]
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    if study.metric_names:
+        return list(study.metric_names)
+    if not study.user_attrs.get("command", DEFAULT_COMMAND).startswith(DEFAULT_COMMAND):
+        n = len(study.directions)
+        return ["value"] if n == 1 else [f"value {i}" for i in range(n)]
+    return ["val/loss"]  # sweeplab's studies from before metric names were stored
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """None while no trial is COMPLETE (Optuna raises instead)."""
+    """None while no trial is COMPLETE (Optuna raises instead), and for a study of several objectives
+    (it has a Pareto front instead: sweeplab.report.pareto)."""
+    if len(study.directions) > 1:
+        return None
     try:
         return study.best_trial
     except ValueError:
         return None
+
+
+def value_cell(trial: FrozenTrial) -> str:
+    """A trial's value for a Markdown cell; a multi-objective trial's values joined."""
+    values = trial.values
+    if not values:
+        return ""
+    return md_cell(values[0]) if len(values) == 1 else ", ".join(md_cell(v) for v in values)
 
 
 def param_keys(trials: list[FrozenTrial]) -> list[str]:
@@ -58,15 +78,22 @@ def test_columns(trials: list[FrozenTrial]) -> list[str]:
     return [m for m in TEST_METRICS if any(m in t.user_attrs for t in trials)]
 
 
-def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
-    """One dict per trial; steps fall back to the last reported step (pruned trials often lack it)."""
+def rows(
+    trials: list[FrozenTrial], keys: list[str], objectives: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One dict per trial; steps fall back to the last reported step (pruned trials often lack it).
+    objectives: the names of a multi-objective study's values, one column each instead of `value`."""
     out = []
     for t in sorted(trials, key=lambda t: t.number):
+        if objectives:
+            values = dict(zip(objectives, t.values or [None] * len(objectives), strict=True))
+        else:
+            values = {"value": t.value}
         out.append(
             {
                 "number": t.number,
                 "state": t.state.name,
-                "value": t.value,
+                **values,
                 "steps": t.user_attrs.get("steps", t.last_step),
                 "duration_s": duration_s(t),
                 **{key: t.params.get(key) for key in keys},
@@ -81,15 +108,18 @@ def rows(trials: list[FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def columns(table: list[dict[str, Any]], keys: list[str]) -> list[str]:
+def columns(table: list[dict[str, Any]], keys: list[str], objectives: list[str] | None = None) -> list[str]:
     """Fixed ones, the searched params, held-out test accuracy where trials have it, then bookkeeping."""
     tests = [c for c in (table[0] if table else {}) if c.startswith(("test/", "base/"))]
-    return [*FIXED_COLUMNS, *keys, *tests, *TAIL_COLUMNS]
+    fixed = [*FIXED_COLUMNS]
+    if objectives:
+        fixed[2:3] = objectives
+    return [*fixed, *keys, *tests, *TAIL_COLUMNS]
 
 
-def to_csv(table: list[dict[str, Any]], keys: list[str]) -> str:
+def to_csv(table: list[dict[str, Any]], keys: list[str], objectives: list[str] | None = None) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns(table, keys), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns(table, keys, objectives), lineterminator="\n")
     writer.writeheader()
     for row in table:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
@@ -143,6 +173,8 @@ def recipe_lines(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTri
     """How far the search got past each known-good recipe it ran first."""
     import optuna
 
+    if len(study.directions) > 1:
+        return []  # a recipe against the Pareto front: the front's table says whether it is on it
     metric = metric_name(study)
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
     lines = []
@@ -180,12 +212,19 @@ def header(study: optuna.Study, url: str, trials: list[FrozenTrial], best: Froze
     from sweeplab.report.storage import mask
 
     metric = metric_name(study)
+    goals = [
+        f"{d.name.lower()} {name}" for d, name in zip(study.directions, objective_names(study), strict=True)
+    ]
     lines = [
         f"- storage: `{mask(url)}`",
-        f"- objective: {study.direction.name.lower()} {metric}",
+        f"- objective{'s' if len(goals) > 1 else ''}: {', '.join(goals)}",
         f"- trials: {len(trials)} ({state_counts(trials)})",
     ]
-    if best is None:
+    if len(goals) > 1:
+        front = sorted(t.number for t in study.best_trials)
+        shown = ", ".join(map(str, front)) if front else "none yet (no trial is COMPLETE)"
+        lines.append(f"- Pareto front: {f'trials {shown}' if front else shown} (see below)")
+    elif best is None:
         lines.append("- best: none yet (no trial is COMPLETE)")
     else:
         recipe = best.user_attrs.get("recipe")
@@ -205,14 +244,22 @@ def md_cell(value: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def to_markdown(table: list[dict[str, Any]], keys: list[str], best: FrozenTrial | None) -> str:
-    cols = columns(table, keys)
-    align = ["---:" if c in ("number", "value", "steps", "duration_s") else "---" for c in cols]
+def to_markdown(
+    table: list[dict[str, Any]],
+    keys: list[str],
+    best: FrozenTrial | None,
+    objectives: list[str] | None = None,
+) -> str:
+    cols = columns(table, keys, objectives)
+    numeric = ("number", "value", "steps", "duration_s", *(objectives or []))
+    align = ["---:" if c in numeric else "---" for c in cols]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     for row in table:
         cells = [md_cell(row[c]) for c in cols]
-        cells[2] = "" if row["value"] is None else f"{row['value']:.4f}"
-        cells[4] = "" if row["duration_s"] is None else f"{row['duration_s']:.1f}"
+        if not objectives:
+            cells[2] = "" if row["value"] is None else f"{row['value']:.4f}"
+        if row["duration_s"] is not None:
+            cells[cols.index("duration_s")] = f"{row['duration_s']:.1f}"
         if best is not None and row["number"] == best.number:
             cells[0], cells[2] = f"**{row['number']}** (best)", f"**{cells[2]}**"
         lines.append("| " + " | ".join(cells) + " |")
@@ -221,10 +268,15 @@ def to_markdown(table: list[dict[str, Any]], keys: list[str], best: FrozenTrial 
 
 def trials_md(study: optuna.Study, url: str, trials: list[FrozenTrial], best: FrozenTrial | None) -> str:
     keys = param_keys(trials)
+    objectives = objective_names(study) if len(study.directions) > 1 else None
+    value = (
+        f"{', '.join(objectives)}: the trial's objectives"
+        if objectives
+        else (f"value: the trial's best {metric_name(study)} (a pruned trial: its last reported one)")
+    )
     note = (
-        f"value: the trial's best {metric_name(study)} (a pruned trial: its last reported one); steps: "
-        "optimizer steps trained (else the last reported step); duration in seconds; test/*: the adapter "
-        "on the held-out test split, base/*: the untouched base on it."
+        f"{value}; steps: optimizer steps trained (else the last reported step); duration in seconds; "
+        "test/*: the adapter on the held-out test split, base/*: the untouched base on it."
     )
     return "\n".join(
         [
@@ -232,7 +284,7 @@ def trials_md(study: optuna.Study, url: str, trials: list[FrozenTrial], best: Fr
             "",
             *header(study, url, trials, best),
             "",
-            to_markdown(rows(trials, keys), keys, best),
+            to_markdown(rows(trials, keys, objectives), keys, best, objectives),
             note,
             "",
         ]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeplab.report.table import md_cell, rung_value, test_columns
+from sweeplab.report.table import md_cell, rung_value, test_columns, value_cell
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -37,7 +37,7 @@ def test_section(
         if t.user_attrs.get("recipe"):
             role = f"{role}, recipe {t.user_attrs['recipe']}".lstrip(", ")
         cells = [md_cell(t.user_attrs.get(c)) for c in columns]
-        value = (rung_value(study, t) if study is not None else None) or md_cell(t.value)
+        value = (rung_value(study, t) if study is not None else None) or value_cell(t)
         lines.append(f"| {t.number} | {role} | {value} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -20,12 +20,14 @@ def log_sweep_summary(study: optuna.Study, project: str, sweep_dir: Path, mode: 
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         offline = True
     params = sorted({k for t in study.trials for k in t.params})
-    columns = ["trial", "state", "val/loss", "steps", "recipe", *params]
+    multi = len(study.directions) > 1  # several objectives: their values as one cell, and no single best
+    names = study.metric_names or ["val/loss"]
+    columns = ["trial", "state", ", ".join(names) if multi else names[0], "steps", "recipe", *params]
     rows = [
         [
             t.number,
             t.state.name,
-            t.value,
+            str(t.values) if multi else t.value,
             t.user_attrs.get("steps"),
             t.user_attrs.get("recipe"),
             *[t.params.get(p) for p in params],
@@ -46,7 +48,7 @@ def log_sweep_summary(study: optuna.Study, project: str, sweep_dir: Path, mode: 
         run.log({"trials": wandb.Table(columns=columns, data=rows)})
         states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
         run.summary.update({f"trials/{k.lower()}": v for k, v in states.items() if v})
-        if complete:
+        if complete and not multi:
             best = study.best_trial
             run.summary.update({"best/trial": best.number, "best/val_loss": best.value,
                                 **{f"best/{k}": v for k, v in best.params.items()}})  # fmt: skip

@@ -168,7 +168,7 @@ class QLoRAModule(L.LightningModule):
             entry |= {f"val/{name}": value for name, value in scores.items()}
         shown = {
             "val/loss",
-            self.objective.metric,
+            self.objective.primary,
             self.objective.watched,
         }  # the progress bar: the loss and what the run is judged by
         self.log_dict({k: v for k, v in entry.items() if k in shown}, prog_bar=True)
@@ -192,7 +192,7 @@ class QLoRAModule(L.LightningModule):
 
         With objective.intermediate, only the last validation measures the objective: one that does
         beats one that does not, and two that do not compare by the intermediate metric."""
-        metric = self.objective.metric
+        metric = self.objective.primary
         if metric not in a or metric not in b:
             if (metric in a) != (metric in b):
                 return metric in a

@@ -50,14 +50,15 @@ def write_outputs(
     started: float,
     trial: Any = None,
     clock: Any = None,
-) -> None:
-    """Rank 0 after fit: the adapter, predictions, test split, metrics.json (last), the trial's attrs."""
+) -> list[float]:
+    """Rank 0 after fit: the adapter, predictions, test split, metrics.json (last), the trial's attrs.
+    Returns the objective's values (one per objective.metric)."""
     import torch
 
     from sweeplab.models.build import count_parameters
 
     val_eval, test_eval = evaluators
-    metric = rc.objective.metric
+    metric = rc.objective.primary
     save_adapter(module.model, tokenizer, run_dir / "adapter", adapter_state)
     if module.predictions:  # the last generating validation's answers, for reading the failures
         from sweeplab.eval.splits import write_jsonl
@@ -100,6 +101,13 @@ def write_outputs(
         "data": stats.__dict__ if hasattr(stats, "__dict__") else dict(stats),
         "val_history": module.val_history,
     }
+    values = rc.objective.values(best, metrics)
+    if rc.objective.multi:  # the run's Pareto coordinates, in the order of objective.metric
+        metrics["objective"] = {
+            "metric": rc.objective.metrics,
+            "direction": rc.objective.resolved_directions,
+            "value": values,
+        }
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
     if trial is not None:
         for key in ("steps", "best_step", "wall_s", "eval_s", "tokens_per_s", "base_val_loss", *test):
@@ -109,6 +117,7 @@ def write_outputs(
     log.info(
         "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
     )
+    return values
 
 
 def score_test_split(
