@@ -52,7 +52,7 @@ def first_test_chat(run: Path) -> dict:
 
 
 def test_prompt_answers_as_the_scorer_decoded_it(run: Path) -> None:
-    """The run's first test chat, asked through chat: the very answer and parsed call predictions.jsonl holds."""
+    """The run's first test chat, asked through chat: the answer and parsed call predictions.jsonl holds."""
     messages = first_test_chat(run)["messages"]
     system, request = messages[0]["content"], messages[1]["content"]
     max_new = yaml.safe_load((run / "config.yaml").read_text())["eval"]["max_new_tokens"]
@@ -116,7 +116,9 @@ def test_scripted_session_commands_and_saved_training_row(run: Path, tmp_path: P
     assert "tools: ping" in result.stderr
     assert "max new tokens 6" in out and "temperature 0.0" in out
     assert out.count("tool call: ") == 3  # two requests and one retry
-    stats = re.findall(r"\[(\d+) tokens in [\d.]+ s; prompt (\d+) tokens, (\d+) from the cache\]", result.stderr)
+    stats = re.findall(
+        r"\[(\d+) tokens in [\d.]+ s; prompt (\d+) tokens, (\d+) from the cache\]", result.stderr
+    )
     (new1, _, reused1), (new2, prompt2, reused2), (new3, prompt3, reused3) = stats
     assert int(new1) <= 8 and int(new2) <= 6 and new3 == new2  # /max took effect
     assert int(reused1) == 0 and int(reused2) > 0
@@ -239,7 +241,9 @@ def test_bad_input_is_one_clear_line(case: str, says: str, run: Path, tmp_path: 
     result = chat(target, *extra, "--prompt", "hi")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sweeplab.chat: error: ") and says in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("sweeplab.chat: error: ") and says in lines[0], (
+        result.stderr
+    )
     assert result.stdout == ""
 
 

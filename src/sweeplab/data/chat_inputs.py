@@ -1,4 +1,4 @@
-"""What a chat with a trained model starts from: its data's system prompt and tool schemas, or a tools file."""
+"""What a chat with a trained model starts from: its data's system prompt and tools, or a tools file."""
 
 from __future__ import annotations
 

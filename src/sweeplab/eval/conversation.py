@@ -45,7 +45,9 @@ class _StopWhenSet(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class _Stream(TextStreamer):
@@ -92,6 +94,7 @@ class Conversation:
         prompt = prompt_ids(self.tokenizer, self.messages(), self.tools)
         reused = self._reuse_cache(prompt)
         stop_ids = stop_token_ids(self.tokenizer, model)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         sampling = (
             {"do_sample": True, "temperature": settings.temperature}
             if settings.temperature > 0
@@ -107,7 +110,7 @@ class Conversation:
                 past_key_values=self._cache,
                 max_new_tokens=settings.max_new_tokens,
                 eos_token_id=stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0],
+                pad_token_id=pad,
                 streamer=_Stream(self.tokenizer, on_text) if on_text else None,
                 stopping_criteria=StoppingCriteriaList([_StopWhenSet(event)]),
                 use_cache=True,

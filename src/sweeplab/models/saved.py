@@ -31,7 +31,9 @@ def find_saved(path: Path) -> Saved:
     """What PATH holds; a path that holds no model is refused with what was expected there."""
     path = Path(path)
     if not path.is_dir():
-        raise ConfigError(f"{path}: no such directory; give a run dir, its adapter/ dir or a merged model dir")
+        raise ConfigError(
+            f"{path}: no such directory; give a run dir, its adapter/ dir or a merged model dir"
+        )
     if (path / "adapter_config.json").is_file():
         return _adapter(path)
     if (path / "adapter").is_dir() and (path / "adapter" / "adapter_config.json").is_file():

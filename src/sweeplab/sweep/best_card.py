@@ -18,7 +18,9 @@ def sweep_summary(study: optuna.Study, best: optuna.trial.FrozenTrial) -> dict:
     worse at a rung); a complete one only if its value is strictly worse; failed trials not at all."""
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     others = [
-        t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number != best.number
+        t
+        for t in study.trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number != best.number
     ]
     complete = [t for t in others if t.state == TrialState.COMPLETE]
     worse = [t for t in complete if (t.value > best.value if minimize else t.value < best.value)]

@@ -24,8 +24,8 @@ TOOL_METRICS = (  # (metrics.json suffix, what it counts), as in docs/EVALUATION
 )
 HYPERPARAMETERS = (
     ("lora", ("r", "alpha", "use_rslora", "use_dora", "dropout", "targets", "layers_to_transform")),
-    ("optim", ("name", "lr", "weight_decay", "schedule", "warmup_ratio", "warmup_steps", "min_lr_ratio",
-               "loraplus_lr_ratio")),  # fmt: skip
+    ("optim", ("name", "lr", "weight_decay", "schedule", "warmup_ratio", "warmup_steps", "min_lr_ratio")),
+    ("optim", ("loraplus_lr_ratio",)),
     ("data", ("batch_size", "max_seq_len", "packing", "padding_free")),
     ("trainer", ("max_steps", "accumulate_grad_batches", "precision")),
 )
@@ -60,7 +60,8 @@ def card_text(config: dict, metrics: dict, *, library_name: str = "peft", sweep:
     """sweep: {"study", "trial", "metric", "direction", "value", "beat", "others", "complete", "pruned"}."""
     lora = config["lora"]
     quantized = config["model"].get("quant", {}).get("load_in_4bit", False)
-    tags = ["sweeplab", "lora", *(["qlora"] if quantized else []), *(["dora"] if lora.get("use_dora") else [])]
+    tags = ["sweeplab", "lora", *(["qlora"] if quantized else [])]
+    tags += ["dora"] if lora.get("use_dora") else []
     if "test/tool_exact" in metrics or config["data"].get("source") == "toolcalls":
         tags.append("tool-calling")
     front = {
