@@ -34,6 +34,7 @@ def hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache per test session: the tiny base is built once and shared by every test."""
     cache = tmp_path_factory.mktemp("sweeplab-cache")
     os.environ["SWEEPLAB_CACHE_DIR"] = str(cache)
+    os.environ.setdefault("WANDB_DATA_DIR", str(cache / "wandb-data"))  # staged artifacts, not in $HOME
     return cache
 
 

@@ -15,7 +15,7 @@ LAYERS = [
     {"training"},
     {"sweep"},
     {"report"},
-    {"train", "estimate", "compare", "export", "hydra_callbacks", "__init__"},
+    {"train", "estimate", "compare", "export", "chat", "hydra_callbacks", "__init__"},
 ]
 LEVEL = {name: k for k, names in enumerate(LAYERS) for name in names}
 PLUGIN = len(LAYERS)  # hydra_plugins.sweeplab_sweeper sits on top: it drives the train app

@@ -83,6 +83,19 @@ def test_sweep_stores_every_trial(five_trials: Path) -> None:
         assert not {k for k in t.user_attrs if k in t.user_attrs["fixed"]}  # not one attr per value
 
 
+def test_best_trial_card_names_the_study(five_trials: Path) -> None:
+    """When the study ends, the best trial's adapter card says which trial of which study it is."""
+    study = load(five_trials, "s")
+    best = study.best_trial
+    beaten = sum(t.value > best.value for t in study.trials if t.number != best.number)
+    for t in study.trials:
+        card = (five_trials / "sweeps" / "s" / str(t.number) / "adapter" / "README.md").read_text()
+        assert ("## Sweep" in card) == (t.number == best.number)
+        if t.number == best.number:
+            assert f"The best trial (number {best.number}) of the Optuna study `s`" in card
+            assert f"It beat {beaten} of the study's 4 other finished trials (4 complete, 0 pruned)" in card
+
+
 def test_rerun_resumes_to_the_total(five_trials: Path) -> None:
     before = {t.number: t.datetime_complete for t in load(five_trials, "s").trials}
     again = sweep(five_trials, *QLORA, "hydra.sweeper.n_trials=5")

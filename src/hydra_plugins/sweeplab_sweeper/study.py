@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from hydra_plugins.sweeplab_sweeper import checks
 from hydra_plugins.sweeplab_sweeper.phases import centre_point
 from sweeplab.secrets import redact_text
+from sweeplab.sweep.best_card import write_best_card
 from sweeplab.sweep.trial import build_pruner
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,10 @@ def summarize(study: optuna.Study, sweep_dir: Path) -> None:
         "best_trial": best.number,
     }
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+    try:
+        write_best_card(study)
+    except Exception as exc:  # noqa: BLE001 - a model card must not fail a finished sweep
+        log.warning("could not rewrite the best trial's model card: %s", exc)
 
 
 def log_to_wandb(study: optuna.Study, config: DictConfig, sweep_dir: Path) -> None:

@@ -194,6 +194,20 @@ def cache_key(cfg: DataConfig, tokenizer, context: int | None = None) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def data_sha256(cfg: DataConfig) -> str:
+    """The data a run learned from and was scored on, as one digest: its files' bytes, or the
+    generated chats of every split (the same config on another machine gives the same digest)."""
+    digest = hashlib.sha256()
+    if cfg.source == "toolcalls":
+        train, val = train_val_chats(cfg.n_train, cfg.n_val, cfg.seed)
+        test = val_test_chats(cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)[1]
+        digest.update(json.dumps([train, val, test], sort_keys=True, ensure_ascii=False).encode())
+    else:
+        for path in (cfg.path, cfg.val_path, cfg.test_path):
+            digest.update((file_sha256(path) if path else "-").encode())
+    return digest.hexdigest()
+
+
 def tokenizer_sha256(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))

@@ -71,3 +71,33 @@ def finish_wandb_run(failed: bool) -> None:
             wandb.finish(exit_code=1 if failed else 0)
         except Exception as exc:  # noqa: BLE001 - a logging hiccup must not fail a finished run
             log.warning("could not close the W&B run: %s", exc)
+
+
+ARTIFACT_METRICS = ("best_val_loss", "base_val_loss", "test/tool_exact", "base/tool_exact", "test/json_valid")
+
+
+def log_adapter_artifact(loggers: list, adapter_dir: Path, config: dict, metrics: dict) -> None:
+    """The run's best adapter as a W&B artifact of type "model"; offline runs record it for `wandb sync`.
+
+    W&B copies the files into its staging dir at log time, so a later sync uploads this version even
+    if the run dir changes."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        try:
+            import wandb
+
+            run = logger.experiment
+            metadata = {key: metrics[key] for key in ARTIFACT_METRICS if metrics.get(key) is not None}
+            metadata |= {"base_model": metrics.get("base_model"), "data_sha256": metrics.get("data_sha256")}
+            metadata |= {f"lora.{k}": v for k, v in config["lora"].items()}
+            artifact = wandb.Artifact(
+                name=f"adapter-{run.id}",
+                type="model",
+                description=f"LoRA adapter of run {config.get('run_name')} (its best validation)",
+                metadata=metadata,
+            )
+            artifact.add_dir(str(adapter_dir))
+            run.log_artifact(artifact, aliases=["best"])
+        except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not fail a finished run
+            log.warning("could not log the adapter as a W&B artifact: %s", exc)

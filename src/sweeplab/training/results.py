@@ -55,6 +55,7 @@ def write_outputs(
     Returns the objective's values (one per objective.metric)."""
     import torch
 
+    from sweeplab.data.datasets import data_sha256
     from sweeplab.models.build import count_parameters
 
     val_eval, test_eval = evaluators
@@ -100,6 +101,7 @@ def write_outputs(
         "eval_s": sum(e.seconds for e in (val_eval, test_eval) if e is not None),  # decoding, not training
         "data": stats.__dict__ if hasattr(stats, "__dict__") else dict(stats),
         "val_history": module.val_history,
+        "data_sha256": data_sha256(rc.data),
     }
     values = rc.objective.values(best, metrics)
     if rc.objective.multi:  # the run's Pareto coordinates, in the order of objective.metric
@@ -108,6 +110,7 @@ def write_outputs(
             "direction": rc.objective.resolved_directions,
             "value": values,
         }
+    write_adapter_card(run_dir, metrics, trainer.loggers)
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
     if trial is not None:
         for key in ("steps", "best_step", "wall_s", "eval_s", "tokens_per_s", "base_val_loss", *test):
@@ -118,6 +121,23 @@ def write_outputs(
         "best %s %.4f at step %d (base %s); outputs in %s", metric, best[metric], best["step"], start, run_dir
     )
     return values
+
+
+def write_adapter_card(run_dir: Path, metrics: dict, loggers: list) -> None:
+    """The adapter's README.md model card, then the adapter as a W&B model artifact (card included).
+
+    Neither may fail a run whose adapter is saved: a problem is logged and the run finishes."""
+    import yaml
+
+    from sweeplab.training.loggers import log_adapter_artifact
+    from sweeplab.training.model_card import write_card
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    try:
+        write_card(run_dir / "adapter", config, metrics)
+    except Exception as exc:  # noqa: BLE001 - a card is documentation; the adapter is already saved
+        log.warning("could not write the adapter's model card: %s", exc)
+    log_adapter_artifact(loggers, run_dir / "adapter", config, metrics)
 
 
 def score_test_split(
