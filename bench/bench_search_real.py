@@ -244,7 +244,13 @@ def plot(results: dict[str, list[dict]], args: argparse.Namespace, path: Path) -
         curves = []
         for r in rs:
             pts = [(s / args.steps, v) for s, v in r["curve"]]
-            ys = [max([100 * v for s, v in pts if s <= x and v is not None], default=np.nan) for x in grid]
+            spent = r["steps"] / args.steps  # the line ends where the arm stopped spending
+            ys = [
+                max([100 * v for s, v in pts if s <= x and v is not None], default=np.nan)
+                if x <= spent
+                else np.nan
+                for x in grid
+            ]
             curves.append(ys)
         arr = np.array(curves, dtype=float)
         with np.errstate(all="ignore"):
