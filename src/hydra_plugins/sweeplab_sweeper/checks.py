@@ -80,12 +80,28 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.heartbeat_interval must be >= 1 (seconds), got {beat}")
     if (timeout := options["storage_timeout"]) < 1:
         problems.append(f"hydra.sweeper.storage_timeout must be >= 1 (seconds), got {timeout}")
+    if (grace := options["grace_period"]) is not None and beat >= 1 and timeout >= 1:
+        from hydra_plugins.sweeplab_sweeper.storage import min_grace_period
+
+        if grace < (least := min_grace_period(beat, timeout)):
+            problems.append(
+                f"hydra.sweeper.grace_period={grace} is below hydra.sweeper.storage_timeout={timeout} + "
+                f"hydra.sweeper.heartbeat_interval={beat} + {least - timeout - beat} s of retry backoff = "
+                f"{least}: a worker on another machine riding out a storage outage would have its trial "
+                "failed as lost; set "
+                f"grace_period >= {least}, or null (derived from the two)"
+            )
     if (retries := options["max_retries"]) < 0:
         problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
     if (patience := options["patience"]) is not None and patience < 1:
         problems.append(f"hydra.sweeper.patience must be >= 1 (finished trials) or null, got {patience}")
     if (limit := options["max_memory_gb"]) is not None and limit <= 0:
         problems.append(f"hydra.sweeper.max_memory_gb must be > 0 (GB) or null (no check), got {limit}")
+    if (keep := options.get("keep_checkpoints")) is not None and (not isinstance(keep, int) or keep < 0):
+        problems.append(
+            f"hydra.sweeper.keep_checkpoints must be an integer >= 0 (the best N finished trials keep "
+            f"theirs) or null (keep every checkpoint), got {keep!r}"
+        )
     if (budget := options.get("budget")) is not None and budget <= 0:
         problems.append(f"hydra.sweeper.budget must be > 0 (runs of trainer.max_steps) or null, got {budget}")
     test = options.get("lr_range_test")

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from hydra_plugins.sweeplab_sweeper import checks, cluster, phases
+from hydra_plugins.sweeplab_sweeper import checks, cluster, phases, retention
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
     SweepDiskFull,
@@ -40,7 +40,7 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     release_memory,
 )
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
-from hydra_plugins.sweeplab_sweeper.storage import absolute_url, open_storage, study_lock
+from hydra_plugins.sweeplab_sweeper.storage import absolute_url, grace_period_for, open_storage, study_lock
 from hydra_plugins.sweeplab_sweeper.study import (
     configure_trials,
     enqueue_recipes,
@@ -78,7 +78,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.enqueue = extra["enqueue"]
         self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
         self.heartbeat_interval = extra["heartbeat_interval"]
-        self.grace_period = extra["grace_period"]
+        self.grace_period = grace_period_for(
+            extra["grace_period"], extra["heartbeat_interval"], extra["storage_timeout"]
+        )
         self.max_retries = extra["max_retries"]
         self.patience = extra["patience"]
         self.in_flight: Path | None = None  # the run dir of the trial this process is running
@@ -87,6 +89,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.wait = extra["wait"]
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
         self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
+        self.keep_checkpoints = extra["keep_checkpoints"]
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
@@ -202,9 +205,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
         max_steps = self.config.trainer.max_steps
         while True:
-            with lock():
+            with lock() as held:
                 fail_lost_trials(study, self.max_retries)
                 trials = study.get_trials(deepcopy=False)
+                retention.apply(trials, self.keep_checkpoints, study.direction, self.max_retries)
                 if not phases.budget_left(study, trials, self.budget, max_steps):
                     return True
                 states = collections.Counter(t.state for t in trials)
@@ -235,6 +239,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     trial = study.ask()
                 claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
+                if not held.still_held():  # a server restart freed it: another worker may have asked too
+                    reason = "the study lock was lost in a storage outage while this trial was asked"
+                    log.warning("trial %d: %s; its params are queued again", trial.number, reason)
+                    self.stop_trial(study, trial, f"storage: {reason}", "storage")
+                    continue
             overrides = with_recipe(list(overrides), trial)
             # Outside the lock: sizing takes seconds, and other workers need not wait for it.
             predicted = self.memory.reason(self.hydra_context, self.config, overrides)
@@ -329,6 +338,7 @@ class SweeplabSweeper(Sweeper):
                 "wait",
                 "budget",
                 "lr_range_test",
+                "keep_checkpoints",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
