@@ -158,10 +158,7 @@ def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
     last = (max_steps - 1) // every * every
     where = f"trainer.max_steps={max_steps} with trainer.val_every_n_steps={every}"
     if last == 0:
-        return [
-            f"hydra.sweeper.pruner={name}: {where} leaves no validation before the end, so no trial could "
-            "be pruned; lower trainer.val_every_n_steps, or set hydra.sweeper.pruner=none"
-        ]
+        return []  # a quick sweep: trials validate at their end only and nothing is pruned (end_only_note)
     kwargs = pruner_kwargs(name, kwargs, max_steps)
     first, key = 0, None
     if name == "median":
@@ -181,6 +178,21 @@ def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
             f"{max_steps} (a trial's full length, which sets Hyperband's brackets) or auto"
         ]
     return []
+
+
+def end_only_note(name: str, config: DictConfig) -> str | None:
+    """A sweep of trials shorter than one validation interval runs, unpruned, and says so once."""
+    try:
+        rc = validate(config)
+    except ConfigError:
+        return None
+    max_steps, every = rc.trainer.max_steps, rc.trainer.val_every_n_steps
+    if name == "none" or (max_steps - 1) // every > 0:
+        return None
+    return (
+        f"trainer.max_steps={max_steps} <= trainer.val_every_n_steps={every}: each trial validates once, "
+        f"at its end, and the {name} pruner prunes nothing (lower trainer.val_every_n_steps to prune)"
+    )
 
 
 def space_problems(params: DictConfig | None, arguments: list[str], config: DictConfig) -> list[str]:

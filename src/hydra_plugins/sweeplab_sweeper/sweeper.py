@@ -54,6 +54,7 @@ from hydra_plugins.sweeplab_sweeper.study import (
     with_recipe,
 )
 from sweeplab.config import validate
+from sweeplab.outputs import quiet_log_write_errors
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.trial import TRIAL_ENV
@@ -108,6 +109,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         install_log_redaction()  # the launcher logs every job's overrides, a storage URL among them
+        quiet_log_write_errors()  # a full disk: one line per log file, not a traceback per record
         sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv; workers use sys.orig_argv
         self._process_searchspace_config()
         distributions, fixed, fixed_overrides = create_params_from_overrides(
@@ -357,6 +359,8 @@ class SweeplabSweeper(Sweeper):
         space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
         checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
+        if note := checks.end_only_note(impl.pruner, impl.config):
+            log.info("%s", note)
         url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
         checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
         launcher = impl.config.hydra.launcher
