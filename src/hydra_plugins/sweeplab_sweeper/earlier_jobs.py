@@ -60,17 +60,13 @@ def record(study: optuna.Study, jobs: list[Any], kind: str) -> None:
 
 def alive(study: optuna.Study, kind: str) -> list[Any]:
     """The stored jobs of this kind that have not ended, as submitit jobs to wait on or cancel."""
-    jobs = []
-    for entry in study.user_attrs.get(ATTR) or []:
-        if entry.get("kind") != kind:
-            continue
-        if kind == "local":
-            job = AttachedLocalJob(entry["folder"], entry["id"], entry.get("started") or 0.0)
-            if job._alive():
-                jobs.append(job)
-            continue
-        job = SlurmJob(entry["folder"], entry["id"])
-        state = job.get_info(mode="force").get("State", "UNKNOWN").split(" ")[0]
-        if state in ALIVE and not job.paths.result_pickle.exists():
-            jobs.append(job)
-    return jobs
+    entries = [e for e in study.user_attrs.get(ATTR) or [] if e.get("kind") == kind]
+    if kind == "local":
+        local = [AttachedLocalJob(e["folder"], e["id"], e.get("started") or 0.0) for e in entries]
+        return [job for job in local if job._alive()]
+    jobs = [SlurmJob(e["folder"], e["id"]) for e in entries]
+    for job in jobs:
+        SlurmJob.watcher.register_job(job.job_id)
+    SlurmJob.watcher.update()  # one sacct call for them all
+    states = {job.job_id: SlurmJob.watcher.get_state(job.job_id, mode="cache").split(" ")[0] for job in jobs}
+    return [job for job in jobs if states[job.job_id] in ALIVE and not job.paths.result_pickle.exists()]
