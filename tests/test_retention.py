@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from hydra_plugins.sweeplab_sweeper.retention import deletable, delete_checkpoints
+from hydra_plugins.sweeplab_sweeper.retention import deletable, delete_checkpoints, spans
 from tests.conftest import ROOT
 from tests.test_sweep import SMALL, load
 from tests.test_sweep_faults import start, wait_for
@@ -97,6 +97,10 @@ def test_only_checkpoint_files_are_deleted(tmp_path: Path) -> None:
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == [
         "adapter/adapter_model.safetensors", "csv/metrics.csv", "metrics.json"
     ]  # fmt: skip
+
+
+def test_the_log_names_freed_trials_as_spans() -> None:
+    assert spans([7, 0, 1, 2, 5, 8]) == "0-2, 5, 7-8" and spans([4]) == "4" and spans([]) == ""
 
 
 def test_keep_checkpoints_must_be_a_count_or_null(tmp_path: Path) -> None:

@@ -97,6 +97,17 @@ def delete_checkpoints(run_dirs: Iterable[str]) -> tuple[list[str], int]:
     return freed, total
 
 
+def spans(numbers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8': a sweep's first pass after a rerun may free hundreds."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
 def apply(trials: list[FrozenTrial], keep: int | None, direction: StudyDirection, max_retries: int) -> None:
     """Delete what `keep` allows; one log line when anything went."""
     if keep is None:
@@ -109,7 +120,7 @@ def apply(trials: list[FrozenTrial], keep: int | None, direction: StudyDirection
             "checkpoints of trial%s %s deleted (%.1f MB): not among the best %d and nothing resumes from "
             "them (hydra.sweeper.keep_checkpoints)",
             "s" if len(numbers) > 1 else "",
-            ", ".join(map(str, numbers)),
+            spans(numbers),
             total / 1e6,
             keep,
         )
