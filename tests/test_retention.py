@@ -76,6 +76,9 @@ def test_a_failed_trial_keeps_its_checkpoint_while_anything_may_resume_from_it()
         trial(3, TrialState.WAITING, **again),
     ]
     assert numbers(chain, keep=0) == [2]
+    # Interrupted before a checkpoint of its own, its retry not queued yet: it will pass trial 1's on.
+    stopped = dict(resume_from=ckpt, system={"failed_trial": 1, "retry_history": [1]})
+    assert numbers([killed, trial(2, TrialState.FAIL, fail_kind="interrupted", **stopped)], keep=0) == []
 
 
 def test_a_failed_trial_that_will_not_run_again_loses_its_checkpoint() -> None:

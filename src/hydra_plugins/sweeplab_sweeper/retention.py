@@ -10,7 +10,8 @@ one storage agree, and a file another worker may still need is never touched:
   that will not run again or whose retry already carries the path it resumes from;
 - a path that a WAITING or RUNNING trial resumes from (`resume_from`) is kept, whoever made it;
 - a FAIL trial whose retry is not queued yet (the moment between "FAIL" and "queue it again") is
-  kept: its kind says it will be retried, and the retry will need it.
+  kept, with the checkpoint it resumed from: its kind says it will be retried, and the retry will
+  need one of the two.
 The decision only ever grows: values never change and trials only finish, so a stale view of the
 study keeps more, never less.
 """
@@ -52,11 +53,17 @@ def deletable(
     sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
     best = {t.number for t in sorted(complete, key=lambda t: (sign * t.value, t.number))[:keep]}
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+    def unqueued_retry(t: FrozenTrial) -> bool:  # FAIL, to run again, its retry not queued yet
+        return t.state == TrialState.FAIL and t.number not in retried and _retried_later(t, max_retries)
+
+    # A retry resumes from its own resume_from; one not queued yet inherits its trial's (when that
+    # trial died before a checkpoint of its own).
     pending = (TrialState.WAITING, TrialState.RUNNING)
     needed = {
         str(Path(t.user_attrs[RESUME_ATTR]).parent)
         for t in trials
-        if t.state in pending and t.user_attrs.get(RESUME_ATTR)
+        if (t.state in pending or unqueued_retry(t)) and t.user_attrs.get(RESUME_ATTR)
     }
     out = []
     for t in trials:
@@ -64,10 +71,8 @@ def deletable(
             gone = t.number not in best
         elif t.state == TrialState.PRUNED:
             gone = True
-        elif t.state == TrialState.FAIL:
-            gone = t.number in retried or not _retried_later(t, max_retries)
-        else:
-            gone = False
+        else:  # FAIL: unless it will run again from here; RUNNING, WAITING: never
+            gone = t.state == TrialState.FAIL and not unqueued_retry(t)
         run_dir = t.user_attrs.get("run_dir")
         if gone and run_dir and str(Path(run_dir) / CHECKPOINTS) not in needed:
             out.append(t)
