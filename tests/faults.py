@@ -32,3 +32,18 @@ class Fault(L.Callback):
             assert workers, "the data loader has no worker processes: set data.num_workers >= 1"
             for worker in workers:
                 os.kill(worker.pid, signal.SIGKILL)
+
+
+def restart_storage_once(cfg: object, trial: object) -> None:
+    """A `hydra.sweeper.custom_search_space` hook, called while the sweep holds its study lock: the first
+    time, it asks the test (a file `restart` in $SWEEPLAB_TEST_RESTART_DIR) to restart the database
+    server, and waits until the test says it has (a file `restarted`)."""
+    import time
+    from pathlib import Path
+
+    folder = os.environ.get("SWEEPLAB_TEST_RESTART_DIR")
+    if not folder or (Path(folder) / "restart").exists():
+        return
+    (Path(folder) / "restart").touch()
+    while not (Path(folder) / "restarted").exists():
+        time.sleep(0.1)

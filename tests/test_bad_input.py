@@ -411,11 +411,6 @@ SWEEP_CASES = {
         "hydra.sweeper.pruner_kwargs.n_warmup_steps=100: the median pruner cannot act before step 100",
         "at step 8; lower n_warmup_steps, or set hydra.sweeper.pruner=none",
     ),
-    "pruner with no validation before the end": (
-        lambda d: [ASHA, "trainer.max_steps=4", "trainer.val_every_n_steps=4"],
-        "trainer.max_steps=4 with trainer.val_every_n_steps=4 leaves no validation before the end",
-        "hydra.sweeper.pruner=none",
-    ),
     "successive halving rung beyond the run": (
         lambda d: [ASHA, "hydra.sweeper.pruner_kwargs.min_resource=10", *SHORT],
         "hydra.sweeper.pruner_kwargs.min_resource=10",

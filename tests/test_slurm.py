@@ -98,7 +98,8 @@ def test_wait_false_returns_at_once_and_the_rerun_waits_and_summarizes(
     postgres: Server,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    cmd = command(tmp_path, "detach", postgres.url, "hydra.sweeper.n_trials=4", "trainer.max_steps=8")
+    # Trials long enough that the first run's jobs still work when the rerun starts.
+    cmd = command(tmp_path, "detach", postgres.url, "hydra.sweeper.n_trials=4", "trainer.max_steps=32")
     started = time.monotonic()
     first = run([*cmd, "hydra.sweeper.wait=false"], timeout=300)
     took = time.monotonic() - started
@@ -109,12 +110,49 @@ def test_wait_false_returns_at_once_and_the_rerun_waits_and_summarizes(
     trials = optuna.load_study(study_name="detach", storage=postgres.url).trials
     assert took < 60 and not [t for t in trials if t.state == TrialState.COMPLETE], took  # did not wait
 
+    ids = re.findall(r"log of job (\d+): ", first.stdout + first.stderr)
     again = run(cmd)
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-4000:]
+    # The rerun waits on the two jobs still working instead of submitting two more.
+    assert (
+        f"2 worker jobs of an earlier run of this sweep are still queued or running: {' '.join(ids)}; "
+        "attached to them, submitting none (hydra.sweeper.n_jobs=2)"
+    ) in output, output[-4000:]
     assert "study detach: {'COMPLETE': 4}" in output and "best trial" in output
     assert_all_complete_once(optuna.load_study(study_name="detach", storage=postgres.url).trials, 4)
-    assert launched(job_logs(tmp_path, "detach")) == [0, 1, 2, 3]  # four workers, each trial once
+    logs = job_logs(tmp_path, "detach")
+    assert len(logs) == 2 and launched(logs) == [0, 1, 2, 3]  # the same two workers, each trial once
+
+    third = run(cmd)  # nothing left running: a rerun submits fresh workers, which find the study full
+    assert third.returncode == 0 and "attached" not in third.stdout + third.stderr, third.stderr[-3000:]
+    assert len(job_logs(tmp_path, "detach")) == 4
+
+
+def test_a_rerun_reads_which_earlier_slurm_jobs_are_still_alive(tmp_path: Path, monkeypatch) -> None:
+    """sacct (here a script standing in for SLURM's) says which stored jobs are queued or running."""
+    from submitit.slurm.slurm import SlurmJob
+
+    from hydra_plugins.sweeplab_sweeper import earlier_jobs
+
+    (tmp_path / "bin").mkdir()
+    sacct = tmp_path / "bin" / "sacct"
+    sacct.write_text(
+        "#!/bin/sh\necho 'JobID|State|NodeList'\necho '7001_0|PENDING|None assigned'\n"
+        "echo '7001_1|RUNNING|gpu3'\necho '7001_2|COMPLETED|gpu4'\necho '7001_3|CANCELLED by 1000|gpu5'\n"
+    )
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    folder = tmp_path / ".submitit" / "%j"
+    jobs = [SlurmJob(folder, f"7001_{k}") for k in range(4)] + [SlurmJob(folder, "6999_0")]  # not in sacct
+    earlier_jobs.record(study, jobs, "slurm")
+    alive = earlier_jobs.alive(
+        optuna.load_study(study_name=study.study_name, storage=study._storage), "slurm"
+    )
+    assert [job.job_id for job in alive] == ["7001_0", "7001_1"]
+    assert alive[0].paths.stdout == tmp_path / ".submitit" / "7001_0" / "7001_0_0_log.out"
+    assert earlier_jobs.alive(study, "local") == []  # another launcher's jobs are not this one's
 
 
 def test_slurm_refuses_sqlite_and_more_than_one_worker_per_job(tmp_path: Path) -> None:

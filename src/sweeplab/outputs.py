@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +96,29 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+_log_write_failed: set[str] = set()  # logs whose write error was shown already
+_default_handle_error = logging.Handler.handleError
+
+
+def _handle_log_error(handler: logging.Handler, record: logging.LogRecord) -> None:
+    """One line per log that cannot be written (full disk, closed pipe) instead of Python's
+    "--- Logging error ---" traceback for every record; any other logging error as before."""
+    exc = sys.exc_info()[1]
+    if not isinstance(exc, OSError) or not logging.raiseExceptions:
+        _default_handle_error(handler, record)
+        return
+    stream = getattr(handler, "stream", None)
+    where = getattr(handler, "baseFilename", None) or getattr(stream, "name", None) or type(handler).__name__
+    if where in _log_write_failed:
+        return
+    _log_write_failed.add(where)
+    with contextlib.suppress(Exception):  # stderr may be on the same full disk
+        sys.stderr.write(f"sweeplab: cannot write the log {where}: {exc}; its later lines may be lost\n")
+        sys.stderr.flush()
+
+
+def quiet_log_write_errors() -> None:
+    """For every handler, now and later (Hydra makes new ones per job): see _handle_log_error."""
+    logging.Handler.handleError = _handle_log_error

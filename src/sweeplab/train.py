@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab import reuse
 from sweeplab.config import CONF_DIR, RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
+from sweeplab.outputs import quiet_log_write_errors
 from sweeplab.quiet import quiet_library_noise
 from sweeplab.secrets import install_log_redaction, redact, redact_text
 from sweeplab.sweep.task import sweeplab_task
@@ -314,6 +315,7 @@ def _remove_empty_parents(run_dir: Path, run_name: str) -> None:
 @hydra.main(config_path=CONF_DIR, config_name="train", execution_whitelist=TRUSTED_TARGETS)
 @sweeplab_task
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
+    quiet_log_write_errors()  # a full disk: one line per log file, not a traceback per record
     hydra_cfg = HydraConfig.get()
     try:
         return run(cfg)

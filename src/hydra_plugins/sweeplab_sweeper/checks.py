@@ -78,12 +78,28 @@ def option_problems(options: dict[str, Any]) -> list[str]:
         problems.append(f"hydra.sweeper.heartbeat_interval must be >= 1 (seconds), got {beat}")
     if (timeout := options["storage_timeout"]) < 1:
         problems.append(f"hydra.sweeper.storage_timeout must be >= 1 (seconds), got {timeout}")
+    if (grace := options["grace_period"]) is not None and beat >= 1 and timeout >= 1:
+        from hydra_plugins.sweeplab_sweeper.storage import min_grace_period
+
+        if grace < (least := min_grace_period(beat, timeout)):
+            problems.append(
+                f"hydra.sweeper.grace_period={grace} is below hydra.sweeper.storage_timeout={timeout} + "
+                f"hydra.sweeper.heartbeat_interval={beat} + {least - timeout - beat} s of retry backoff = "
+                f"{least}: a worker on another machine riding out a storage outage would have its trial "
+                "failed as lost; set "
+                f"grace_period >= {least}, or null (derived from the two)"
+            )
     if (retries := options["max_retries"]) < 0:
         problems.append(f"hydra.sweeper.max_retries must be >= 0, got {retries}")
     if (patience := options["patience"]) is not None and patience < 1:
         problems.append(f"hydra.sweeper.patience must be >= 1 (finished trials) or null, got {patience}")
     if (limit := options["max_memory_gb"]) is not None and limit <= 0:
         problems.append(f"hydra.sweeper.max_memory_gb must be > 0 (GB) or null (no check), got {limit}")
+    if (keep := options.get("keep_checkpoints")) is not None and (not isinstance(keep, int) or keep < 0):
+        problems.append(
+            f"hydra.sweeper.keep_checkpoints must be an integer >= 0 (the best N finished trials keep "
+            f"theirs) or null (keep every checkpoint), got {keep!r}"
+        )
     if (budget := options.get("budget")) is not None and budget <= 0:
         problems.append(f"hydra.sweeper.budget must be > 0 (runs of trainer.max_steps) or null, got {budget}")
     test = options.get("lr_range_test")
@@ -140,10 +156,7 @@ def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
     last = (max_steps - 1) // every * every
     where = f"trainer.max_steps={max_steps} with trainer.val_every_n_steps={every}"
     if last == 0:
-        return [
-            f"hydra.sweeper.pruner={name}: {where} leaves no validation before the end, so no trial could "
-            "be pruned; lower trainer.val_every_n_steps, or set hydra.sweeper.pruner=none"
-        ]
+        return []  # a quick sweep: trials validate at their end only and nothing is pruned (end_only_note)
     kwargs = pruner_kwargs(name, kwargs, max_steps)
     first, key = 0, None
     if name == "median":
@@ -163,6 +176,21 @@ def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
             f"{max_steps} (a trial's full length, which sets Hyperband's brackets) or auto"
         ]
     return []
+
+
+def end_only_note(name: str, config: DictConfig) -> str | None:
+    """A sweep of trials shorter than one validation interval runs, unpruned, and says so once."""
+    try:
+        rc = validate(config)
+    except ConfigError:
+        return None
+    max_steps, every = rc.trainer.max_steps, rc.trainer.val_every_n_steps
+    if name == "none" or (max_steps - 1) // every > 0:
+        return None
+    return (
+        f"trainer.max_steps={max_steps} <= trainer.val_every_n_steps={every}: each trial validates once, "
+        f"at its end, and the {name} pruner prunes nothing (lower trainer.val_every_n_steps to prune)"
+    )
 
 
 def space_problems(

@@ -103,8 +103,9 @@ class WorkerJob:
             raise RuntimeError(f"sweep worker {self.env[WORKER_ENV]} exited with code {code}")
 
 
-def worker_jobs(n_jobs: int, kind: str, command: list[str]) -> list[WorkerJob]:
-    """n_jobs copies of `command` as workers 1..n_jobs; secrets moved into this process's environment."""
+def worker_jobs(n_jobs: int, kind: str, command: list[str], first: int = 1) -> list[WorkerJob]:
+    """n_jobs copies of `command` as workers first, first + 1, ...; secrets moved into this process's
+    environment."""
     argv, secret_args = [], {}
     for i, arg in enumerate(command):
         if redact_text(arg) != arg:
@@ -118,19 +119,20 @@ def worker_jobs(n_jobs: int, kind: str, command: list[str]) -> list[WorkerJob]:
         # Each torch process would take every core: N workers on 2 cores ran a step 80x slower.
         extra["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_jobs))
     return [
-        WorkerJob(argv, {**extra, WORKER_ENV: str(k)}, secret_args, os.getcwd()) for k in range(1, n_jobs + 1)
+        WorkerJob(argv, {**extra, WORKER_ENV: str(k)}, secret_args, os.getcwd())
+        for k in range(first, first + n_jobs)
     ]
 
 
-def submit_workers(launcher: Any, n_jobs: int, detach: bool, command: list[str]) -> list[Any]:
+def submit_workers(launcher: Any, n_jobs: int, detach: bool, command: list[str], first: int = 1) -> list[Any]:
     """One submission (a SLURM job array, so array_parallelism applies) of n_jobs worker jobs."""
     executor = make_executor(launcher)
     jobs = []
     kind = launcher._EXECUTOR
     with detached_output() if detach and kind == "local" else contextlib.nullcontext(), executor.batch():
-        for job in worker_jobs(n_jobs, kind, command):
+        for job in worker_jobs(n_jobs, kind, command, first):
             jobs.append(executor.submit(job))
-    for k, job in enumerate(jobs, start=1):
+    for k, job in enumerate(jobs, start=first):
         log.info("worker %d: %s job %s (log: %s)", k, launcher._EXECUTOR, job.job_id, job.paths.stdout)
     return jobs
 
@@ -224,7 +226,14 @@ def run_on_cluster(
     """This command trains nothing: it submits n_jobs workers (each running `command`), then waits and
     summarizes, or returns."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    jobs = submit_workers(launcher, n_jobs, detach=not wait, command=command)
+    from hydra_plugins.sweeplab_sweeper import earlier_jobs  # submitit: only on this path
+
+    jobs = attach(study, kind, n_jobs)
+    if len(jobs) < n_jobs:
+        jobs += submit_workers(
+            launcher, n_jobs - len(jobs), detach=not wait, command=command, first=len(jobs) + 1
+        )
+    earlier_jobs.record(study, jobs, kind)
     if not wait:
         for line in how_to_follow(jobs, kind, study.study_name, url):
             log.info("%s", line)
@@ -255,6 +264,25 @@ def run_on_cluster(
             len(failed),
         )
         sys.exit(1)
+
+
+def attach(study: optuna.Study, kind: str, n_jobs: int) -> list[Any]:
+    """Worker jobs of an earlier run of this sweep still queued or running: this run waits on them
+    instead of submitting n_jobs more (any beyond n_jobs go on too, and are waited for)."""
+    from hydra_plugins.sweeplab_sweeper import earlier_jobs
+
+    jobs = earlier_jobs.alive(study, kind)
+    if jobs:
+        more = f"submitting {n_jobs - len(jobs)} more" if len(jobs) < n_jobs else "submitting none"
+        log.info(
+            "%d worker jobs of an earlier run of this sweep are still queued or running: %s; attached to "
+            "them, %s (hydra.sweeper.n_jobs=%d)",
+            len(jobs),
+            " ".join(job.job_id for job in jobs),
+            more,
+            n_jobs,
+        )
+    return jobs
 
 
 def finished(study: optuna.Study) -> int:

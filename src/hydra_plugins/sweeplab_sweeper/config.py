@@ -35,6 +35,9 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     custom_search_space: str | None = None
     # A worker that dies mid-trial stops beating; its trial turns FAIL and its params run again.
     heartbeat_interval: int = 30
+    # Seconds without a heartbeat after which a trial of a worker on another machine is called lost
+    # (on this machine a dead pid is certain at once). It must outlast an outage a worker rides out:
+    # at least storage_timeout + heartbeat_interval + 4 s, else refused; null: that + heartbeat_interval.
     grace_period: int | None = None
     # Seconds a storage outage (a PostgreSQL restart) is ridden out: every storage call of the sweep,
     # the jobs' reports and the heartbeat retry with backoff meanwhile, and training goes on. Longer,
@@ -68,6 +71,12 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     # is then searched from lr_at_min_loss / 10**1.5 to lr_at_min_loss, the centre point at its
     # middle runs first, then the recipes. Needs optim.lr as a log interval; counted in budget.
     lr_range_test: dict[str, Any] | None = None
+    # Disk: once a trial is finished and nothing can resume from it (COMPLETE, PRUNED, or FAIL that
+    # will not run again), its checkpoints/ (last.ckpt, best.ckpt) are deleted unless it is among the
+    # best N COMPLETE trials; adapters, metrics.json, predictions and logs stay. 3: the winner and two
+    # runners-up can be trained on from their optimizer state, and the disk holds ~N + n_jobs trials'
+    # checkpoints whatever n_trials is. null keeps every checkpoint; 0 keeps none of finished trials.
+    keep_checkpoints: int | None = 3
 
 
 ConfigStore.instance().store(

@@ -26,7 +26,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from hydra_plugins.sweeplab_sweeper import apps, checks, cluster, phases
+from hydra_plugins.sweeplab_sweeper import apps, checks, cluster, phases, retention
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
     SweepDiskFull,
@@ -41,7 +41,13 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     shown_values,
 )
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
-from hydra_plugins.sweeplab_sweeper.storage import absolute_url, default_storage, open_storage, study_lock
+from hydra_plugins.sweeplab_sweeper.storage import (
+    absolute_url,
+    default_storage,
+    grace_period_for,
+    open_storage,
+    study_lock,
+)
 from hydra_plugins.sweeplab_sweeper.study import (
     configure_trials,
     enqueue_recipes,
@@ -55,6 +61,7 @@ from hydra_plugins.sweeplab_sweeper.study import (
     with_recipe,
 )
 from sweeplab.config import validate
+from sweeplab.outputs import quiet_log_write_errors
 from sweeplab.secrets import install_log_redaction, redact_text
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.task import is_sweeplab_task
@@ -77,7 +84,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.enqueue = extra["enqueue"]
         self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
         self.heartbeat_interval = extra["heartbeat_interval"]
-        self.grace_period = extra["grace_period"]
+        self.grace_period = grace_period_for(
+            extra["grace_period"], extra["heartbeat_interval"], extra["storage_timeout"]
+        )
         self.max_retries = extra["max_retries"]
         self.patience = extra["patience"]
         self.in_flight: Path | None = None  # the run dir of the trial this process is running
@@ -86,6 +95,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.wait = extra["wait"]
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
         self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
+        self.keep_checkpoints = extra["keep_checkpoints"]
         self.extra = extra
         # sweeplab's training task (its checks, phases and W&B grouping), or any other Hydra app
         self.own_task = True
@@ -124,6 +134,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         install_log_redaction()  # the launcher logs every job's overrides, a storage URL among them
         quiet_optuna()
+        quiet_log_write_errors()  # a full disk: one line per log file, not a traceback per record
         sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv; workers use sys.orig_argv
         self._process_searchspace_config()
         distributions, fixed, fixed_overrides = create_params_from_overrides(
@@ -239,9 +250,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
         max_steps = self.max_steps
         while True:
-            with lock():
+            with lock() as held:
                 fail_lost_trials(study, self.max_retries)
                 trials = study.get_trials(deepcopy=False)
+                retention.apply(trials, self.keep_checkpoints, list(study.directions), self.max_retries)
                 if not phases.budget_left(study, trials, self.budget, max_steps):
                     return True
                 states = collections.Counter(t.state for t in trials)
@@ -272,6 +284,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     trial = study.ask()
                 claim(study, trial)
                 [overrides] = self._configure_trials([trial], distributions, fixed, fixed_overrides)
+                if not held.still_held():  # a server restart freed it: another worker may have asked too
+                    reason = "the study lock was lost in a storage outage while this trial was asked"
+                    log.warning("trial %d: %s; its params are queued again", trial.number, reason)
+                    self.stop_trial(study, trial, f"storage: {reason}", "storage")
+                    continue
             overrides = with_recipe(list(overrides), trial)
             # Outside the lock: sizing takes seconds, and other workers need not wait for it.
             predicted = self.memory.reason(self.hydra_context, self.config, overrides)
@@ -364,6 +381,7 @@ class SweeplabSweeper(Sweeper):
                 "wait",
                 "budget",
                 "lr_range_test",
+                "keep_checkpoints",
             )
         }
         self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
@@ -392,6 +410,8 @@ class SweeplabSweeper(Sweeper):
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config, own))
         if own:  # sweeplab's schema, data files and objective; another app's config is its own business
             checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
+            if note := checks.end_only_note(impl.pruner, impl.config):
+                log.info("%s", note)
         # directions resolved (auto: each objective.metric's sense), so checked after the config
         checks.fail(
             "invalid sweeper config", apps.multi_objective_problems(impl.extra, impl._get_directions())
