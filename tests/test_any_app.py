@@ -79,9 +79,12 @@ def test_another_app_is_pruned_resumed_and_reported(tmp_path: Path) -> None:
         timeout=300,
     )
     assert report.returncode == 0, report.stderr[-3000:]
-    assert report.stdout.strip() == f"python {DESCENT} lr=0.3"  # the app's own command, not sweeplab.train
+    # The resumed 4th trial is TPE's draw and may beat the recipe: the report names whichever is best.
+    best = optuna.load_study(study_name="descent", storage=storage).best_trial
+    expected = f"python {DESCENT} lr={best.params['lr']}"  # the app's own command, not sweeplab.train
+    assert report.stdout.strip() == expected
     index = (tmp_path / "r" / "index.md").read_text()
-    assert "- objective: minimize value\n" in index and "- best: trial 0 (good), value 0.0000" in index
+    assert "- objective: minimize value\n" in index and f"- best: trial {best.number} " in index
     assert (tmp_path / "r" / "learning_curves.png").is_file()
 
 
