@@ -32,7 +32,10 @@ def check_llama(base: str) -> Any:
     """The base's config, or an ExportError before any weights load: llama.cpp's Llama graph only."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(base)
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except OSError as exc:  # a hub id with no hub, or a dir without config.json
+        raise ExportError(f"{base}: its config cannot be read ({type(exc).__name__})") from None
     if config.model_type != ARCH:
         raise ExportError(
             f"{base}: a {config.model_type} model ({', '.join(config.architectures or [])}); GGUF export "
