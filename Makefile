@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls bench-search-real clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls bench-search-real install-llama bench-gguf clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -26,6 +26,13 @@ install: .venv/.installed  ## venv with the exact pins of constraints.txt (idemp
 install-bench: .venv/.installed-bench  ## install + the bench-only extra (trl)
 .venv/.installed-bench: .venv/.installed
 	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+# Opt-in, never part of install: llama-cpp-python compiles llama.cpp from source (~25 min on 2 cores).
+# Only bench/bench_gguf.py imports it; the GGUF export itself needs nothing beyond make install.
+install-llama: .venv/.installed-llama  ## + llama-cpp-python 0.3.36 for bench-gguf (builds from source, ~25 min)
+.venv/.installed-llama: .venv/.installed
+	$(PIP) install -c constraints.txt llama-cpp-python==0.3.36
 	touch $@
 
 train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="optim.lr=3e-4"
@@ -88,6 +95,12 @@ bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, smal
 # (bench/search_real/*.json) are reused, so a rerun only runs what is missing.
 bench-search-real: install  ## the default search vs hand-set runs on a real model: test tool calls, compute
 	$(PY) bench/bench_search_real.py --out BENCHMARKS.md
+
+RUN     ?=
+# Needs make install-llama first (the script says so in one line if it is missing).
+bench-gguf: install  ## a run's GGUF exports scored in llama.cpp beside transformers: make bench-gguf RUN=outputs/runs/x
+	@test -n "$(RUN)" || { echo "usage: make bench-gguf RUN=outputs/runs/<run of model=smollm2-135m>"; exit 2; }
+	$(PY) bench/bench_gguf.py $(RUN) --out BENCHMARKS.md
 
 clean:  ## remove run outputs and caches (not the venv, not ~/.cache/sweeplab)
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -30,8 +30,9 @@ TEMPLATE = (
 CHAT = [{"role": "user", "content": "Add node 3 at x=1.5 m"}, {"role": "assistant", "content": '{"id": 3}'}]
 
 
-def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with a byte-level BPE ChatML tokenizer, as llama.cpp's converter lays it out."""
+def write_tiny_gguf(path: Path, seed: int = 0, heads: int = 2, kv_heads: int = 2) -> Path:
+    """A 2-layer Llama with a byte-level BPE ChatML tokenizer, as llama.cpp's converter lays it out.
+    kv_heads < heads: grouped-query attention, as SmolLM2 has it (9 query heads, 3 key/value heads)."""
     import gguf
 
     from sweeplab.data.chatml import IM_END, IM_START
@@ -41,7 +42,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     vocab = tokenizer["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.get)
     special = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
-    hidden, inter, layers, heads = 32, 64, 2, 2
+    hidden, inter, layers = 16 * heads, 64, 2
 
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_block_count(layers)
@@ -49,7 +50,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_embedding_length(hidden)
     writer.add_feed_forward_length(inter)
     writer.add_head_count(heads)
-    writer.add_head_count_kv(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_rope_dimension_count(hidden // heads)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
@@ -66,6 +67,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_add_bos_token(False)
     writer.add_chat_template(TEMPLATE)
     rng = np.random.default_rng(seed)
+    kv = hidden // heads * kv_heads
 
     def tensor(name: str, *shape: int) -> None:  # numpy (out, in) order; GGUF stores dims reversed
         value = rng.standard_normal(shape) * 0.02 if len(shape) > 1 else np.ones(shape)
@@ -75,8 +77,8 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     for i in range(layers):
         tensor(f"blk.{i}.attn_norm.weight", hidden)
         tensor(f"blk.{i}.ffn_norm.weight", hidden)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensor(f"blk.{i}.{name}.weight", hidden, hidden)
+        for name, rows in (("attn_q", hidden), ("attn_k", kv), ("attn_v", kv), ("attn_output", hidden)):
+            tensor(f"blk.{i}.{name}.weight", rows, hidden)
         tensor(f"blk.{i}.ffn_gate.weight", inter, hidden)
         tensor(f"blk.{i}.ffn_up.weight", inter, hidden)
         tensor(f"blk.{i}.ffn_down.weight", hidden, inter)

@@ -37,3 +37,7 @@ class DiskFull(SweeplabError, OSError):
             f"disk full while writing {path} (the previous file is unchanged): free space on its "
             "filesystem, then run the same command again"
         )
+
+
+class ExportError(SweeplabError, ValueError):
+    """A run that cannot be exported as asked (no adapter, a base the format cannot hold)."""
