@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.errors import InstantiationException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks, cluster, phases
+from hydra_plugins.sweeplab_sweeper.config import EXTRA_DEFAULTS
+from hydra_plugins.sweeplab_sweeper.grid import grid_size, grid_space, is_grid, tell
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
     SweepDiskFull,
@@ -55,9 +58,11 @@ from hydra_plugins.sweeplab_sweeper.study import (
 )
 from sweeplab.config import validate
 from sweeplab.secrets import install_log_redaction, redact_text
+from sweeplab.sweep.pruners import pruner_node
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.trial import TRIAL_ENV
 from sweeplab.training.ranks import WORKER_ENV
+from sweeplab.trust import refusal
 
 log = logging.getLogger(__name__)
 # Heartbeats are documented for study.optimize(); ask/tell with our own beat thread is equivalent.
@@ -68,15 +73,41 @@ STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
 
 
 class SweeplabSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, sampler_cfg: DictConfig, extra: dict[str, Any], **upstream: Any) -> None:
-        super().__init__(sampler=None, max_failure_rate=0.0, custom_search_space=None, **upstream)
-        self.sampler_cfg = sampler_cfg
-        if extra["custom_search_space"]:  # the user named it: trusted like callbacks.extra's targets
-            self.custom_search_space_extender = get_method(extra["custom_search_space"])
-        self.pruner = extra["pruner"]
-        self.pruner_kwargs = dict(extra["pruner_kwargs"] or {})
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Any | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float | None,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        **extra: Any,
+    ) -> None:
+        """Upstream's signature (a drop-in for OptunaSweeperImpl), then sweeplab's keys by name."""
+        if unknown := sorted(set(extra) - set(EXTRA_DEFAULTS)):
+            raise TypeError(f"SweeplabSweeperImpl got unknown keys {unknown}")
+        extra = {**EXTRA_DEFAULTS, **extra}
+        try:  # upstream resolves the hook with instantiate(): the app's execution whitelist applies
+            super().__init__(
+                None, direction, storage, study_name, n_trials, n_jobs, max_failure_rate or 0.0,
+                custom_search_space, params,
+            )  # fmt: skip
+        except InstantiationException as exc:
+            raise InstantiationException(
+                refusal("hydra.sweeper.custom_search_space", custom_search_space, exc)
+            ) from exc
+        # The sampler's node, built per trial (reseeded) once the grid, if any, is known; or a sampler
+        # built in code, used as it is.
+        self.sampler_cfg = sampler
+        self.grid: dict[str, list[Any]] | None = None
+        self.max_failure_rate = max_failure_rate
+        self.pruner = pruner_node(extra["pruner"])
+        self.pruner_kwargs = extra["pruner_kwargs"]  # refused when set: the pruner node holds them
         self.enqueue = extra["enqueue"]
-        self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
+        self.max_failures_cfg = extra["max_failures"]
         self.heartbeat_interval = extra["heartbeat_interval"]
         self.grace_period = extra["grace_period"]
         self.max_retries = extra["max_retries"]
@@ -87,6 +118,15 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.wait = extra["wait"]
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
         self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
+
+    @property
+    def max_failures(self) -> int:
+        """FAIL trials tolerated: max_failures, or upstream's rate as a share of n_trials, or n_trials."""
+        if self.max_failures_cfg is not None:
+            return self.max_failures_cfg
+        if self.max_failure_rate is not None:
+            return math.floor(self.max_failure_rate * self.n_trials)
+        return self.n_trials
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): the objective metric's own sense."""
@@ -112,6 +152,15 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         for name in fixed:
             distributions.pop(name, None)
+        if is_grid(self.sampler_cfg):  # checks.grid_problems refused a continuous interval before
+            self.grid = grid_space(distributions)
+            # Every grid point once; recipes (enqueue) run besides the grid, as extra points.
+            cap = grid_size(self.grid) + len(self.enqueue or [])
+            if self.n_trials > cap:
+                log.info(
+                    "grid sampler: n_trials %d -> %d, the grid's size and the recipes", self.n_trials, cap
+                )
+                self.n_trials = cap
         sweep_dir = Path(self.sweep_dir)
         url = absolute_url(str(self.storage or f"sqlite:///{sweep_dir.parent / 'optuna.db'}"))
         lock = lambda: study_lock(url, self.study_name, sweep_dir, self.storage_timeout)  # noqa: E731
@@ -135,8 +184,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self._get_directions(),
                 self.sampler_cfg,
                 self.pruner,
-                self.pruner_kwargs,
                 self.config.trainer.max_steps,
+                self.grid,
             )
             set_metric(study, metric)
             record_settings(study, self.config.trainer.max_steps, self.budget, self.objective)
@@ -215,11 +264,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 # A trial stopped by the user is no failure of its params (it is queued again).
                 failures = [t for t in trials if t.state == TrialState.FAIL and not interrupted(t)]
                 if len(failures) > self.max_failures:
-                    log.error(
-                        "%d trials failed (hydra.sweeper.max_failures=%d): stopping the sweep",
-                        len(failures),
-                        self.max_failures,
-                    )
+                    self.stop_for_failures(failures)
                     return False
                 if self.patience is not None and (since := trials_since_best(study, trials)) >= self.patience:
                     log.info(
@@ -229,7 +274,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                         self.patience,
                     )
                     return True
-                study.sampler = sampler_for(self.sampler_cfg, len(study.trials))
+                study.sampler = sampler_for(self.sampler_cfg, len(study.trials), self.grid)
                 with warnings.catch_warnings():  # a recipe's lr outside the narrowed range is meant
                     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
                     trial = study.ask()
@@ -244,6 +289,22 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             self.run_trial(study, storage, trial, overrides)
             if LOST.is_set():  # the heartbeat gave up after the trial had ended
                 raise LOST_ERROR[0]
+
+    def stop_for_failures(self, failures: list[optuna.trial.FrozenTrial]) -> None:
+        """Upstream raises the failing job's error; here its reason goes to stderr with the rule."""
+        if self.max_failures_cfg is not None:
+            rule = f"hydra.sweeper.max_failures={self.max_failures_cfg}"
+        elif self.max_failure_rate is not None:
+            rule = f"hydra.sweeper.max_failure_rate={self.max_failure_rate} of n_trials={self.n_trials}"
+        else:
+            rule = f"by default n_trials={self.n_trials}"
+        last = failures[-1]
+        message = (
+            f"{len(failures)} trials failed, more than {self.max_failures} ({rule}): stopping the sweep; "
+            f"the last, trial {last.number}: {last.user_attrs.get('fail_reason', 'no reason recorded')}"
+        )
+        log.error("%s", message)
+        print(f"sweeplab: error: {message}", file=sys.stderr)
 
     def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
         recipe = trial.user_attrs.get("recipe")
@@ -287,7 +348,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("fail_kind", kind)
             log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
-        study.tell(trial, state=state, values=None if value is None else [value])
+        tell(study, trial, state=state, values=None if value is None else [value])
         shown = (
             f" {study.metric_names[0] if study.metric_names else 'value'} {value:.4f}"
             if value is not None
@@ -302,7 +363,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         """An interruption (or a full disk) is no verdict on the params: FAIL, and queue them again."""
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("fail_kind", kind)
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
 
 
@@ -311,27 +372,10 @@ class SweeplabSweeper(Sweeper):
 
     def __init__(self, sampler: DictConfig, **kwargs: Any) -> None:
         checks.fail("invalid sweeper config", checks.option_problems(kwargs))
-        extra = {
-            k: kwargs.pop(k)
-            for k in (
-                "pruner",
-                "pruner_kwargs",
-                "enqueue",
-                "max_failures",
-                "max_failure_rate",
-                "custom_search_space",
-                "heartbeat_interval",
-                "grace_period",
-                "max_retries",
-                "patience",
-                "max_memory_gb",
-                "storage_timeout",
-                "wait",
-                "budget",
-                "lr_range_test",
-            )
-        }
-        self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
+        try:
+            self.impl = SweeplabSweeperImpl(sampler, **kwargs)
+        except InstantiationException as exc:  # custom_search_space outside the execution whitelist
+            checks.fail("invalid sweeper config", [str(exc)])
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         impl = self.impl
@@ -344,7 +388,9 @@ class SweeplabSweeper(Sweeper):
         impl = self.impl  # everything checked before a storage, study or trial exists
         checks.fail("cannot sweep here", checks.rank_problems())
         space = checks.space_problems(impl.params, arguments, impl.config)
-        space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
+        if is_grid(impl.sampler_cfg) and not space:
+            space += checks.grid_sampler_problems(impl.params, arguments)
+        space += checks.pruner_problems(impl.pruner, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config))
         checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))
         url = str(impl.storage or f"sqlite:///{Path(impl.sweep_dir).parent / 'optuna.db'}")
