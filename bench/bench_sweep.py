@@ -63,11 +63,11 @@ PROBLEMS = {
 }
 METHODS = {
     "default": ["hparams_search=qlora"],
-    "random": ["hparams_search=qlora_wide", "hydra/sweeper/sampler=random", "hydra.sweeper.pruner=none"],
+    "random": ["hparams_search=qlora_wide", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none"],
     "random-same-space": [
         "hparams_search=qlora",
         "hydra/sweeper/sampler=random",
-        "hydra.sweeper.pruner=none",
+        "hydra/sweeper/pruner=none",
     ],
 }
 # Candidates measured against the default before choosing it (kept so the choice can be re-checked).

@@ -50,10 +50,11 @@ def refusal(key: str, target: Any, exc: BaseException) -> str:
     return message
 
 
-def resolve_target(key: str, target: str) -> functools.partial:
+def resolve_target(key: str, target: str, allow: tuple[str, ...] | None = None) -> functools.partial:
     """The callable a config names, not yet called, resolved as Hydra's instantiate() resolves it:
-    under the app's whitelist, or outside one, Hydra's blacklist. ConfigError names the key."""
+    under the app's whitelist (plus `allow`, the targets the caller's code trusts for this key), or
+    outside one, Hydra's blacklist. ConfigError names the key."""
     try:
-        return instantiate({"_target_": target, "_partial_": True})
+        return instantiate({"_target_": target, "_partial_": True}, _execution_whitelist_=allow)
     except InstantiationException as exc:
         raise ConfigError(refusal(key, target, exc)) from None

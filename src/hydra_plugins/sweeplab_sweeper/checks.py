@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution
 from hydra_plugins.sweeplab_sweeper.grid import grid_problems
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
-from sweeplab.sweep.pruners import build_pruner, pruner_arguments, pruner_node
+from sweeplab.sweep.pruners import PRUNER_WHITELIST, build_pruner, pruner_arguments, pruner_node
 from sweeplab.trust import resolve_target
 
 STORAGES = (
@@ -133,7 +133,7 @@ def pruner_problems(pruner: Any, config: DictConfig) -> list[str]:
         return []  # option_problems reports it
     key = "hydra.sweeper.pruner"
     try:
-        cls = resolve_target(f"{key}._target_", node._target_).func
+        cls = resolve_target(f"{key}._target_", node._target_, PRUNER_WHITELIST).func
         kwargs = pruner_arguments(node, None)
     except (ConfigError, InstantiationException) as exc:
         return [_oneline(exc)]
