@@ -240,6 +240,12 @@ def _key_problem(key: str, config: DictConfig) -> str | None:
     return f"{key} is not a config key; keys under {parent or 'the root'}: {keys}"
 
 
+def names_key(line: str, key: str) -> bool:
+    """Whether an error line is about `key`: the key as a key, not inside a word or another key
+    (`y` in "key", `lora.r` in "lora.rank"), nor quoted in a list of allowed keys."""
+    return re.search(rf"(?<![\w.'\"]){re.escape(key)}(?![\w'\"]|\.\w)", line) is not None
+
+
 def _values_problem(key: str, values: Any, config: DictConfig) -> str | None:
     """A value the schema refuses would fail every trial that draws it, after the study was created."""
     if isinstance(OmegaConf.select(config, key), DictConfig):
@@ -251,9 +257,7 @@ def _values_problem(key: str, values: Any, config: DictConfig) -> str | None:
         try:
             validate(trial)
         except ConfigError as err:
-            # The key as a key, not inside another word or key (`y` in "key", `lora.r` in "lora.rank").
-            named = re.compile(rf"(?<![\w.]){re.escape(key)}(?!\w|\.\w)")
-            leaf = [ln.strip() for ln in str(err).splitlines() if named.search(ln)]
+            leaf = [ln.strip() for ln in str(err).splitlines() if names_key(ln, key)]
             if leaf:
                 bad.append(f"{value!r} ({leaf[0]})")
     return f"{key} would be given invalid values: {', '.join(bad)}" if bad else None
