@@ -105,7 +105,6 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.grid: dict[str, list[Any]] | None = None
         self.max_failure_rate = max_failure_rate
         self.pruner = pruner_node(extra["pruner"])
-        self.pruner_kwargs = extra["pruner_kwargs"]  # refused when set: the pruner node holds them
         self.enqueue = extra["enqueue"]
         self.max_failures_cfg = extra["max_failures"]
         self.heartbeat_interval = extra["heartbeat_interval"]
@@ -275,6 +274,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     )
                     return True
                 study.sampler = sampler_for(self.sampler_cfg, len(study.trials), self.grid)
+                if self.grid is not None and study.sampler.is_exhausted(study):
+                    return True  # a failed point counts as run, as upstream's grid sweeps count it
                 with warnings.catch_warnings():  # a recipe's lr outside the narrowed range is meant
                     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
                     trial = study.ask()
