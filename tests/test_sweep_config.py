@@ -113,7 +113,6 @@ GRID = [
 ]
 
 
-@pytest.mark.slow  # two sweep processes: ~60 s on 2 busy cores
 def test_grid_sampler_runs_each_point_once(tmp_path: Path) -> None:
     """The grid comes from the search space (here lora.r's two values); n_trials is capped to it, and
     a rerun finds the grid done."""
