@@ -39,7 +39,7 @@ COMMON = [
     "eval.n_generate=0",
     "eval.test=false",
     "hparams_search=qlora",
-    "hydra.sweeper.pruner=none",
+    "hydra/sweeper/pruner=none",
     "hydra.sweeper.study_name=reuse",
 ]
 CLOCK = "+callbacks.extra=[{_target_: first_step.FirstStep}]"

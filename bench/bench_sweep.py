@@ -63,20 +63,18 @@ PROBLEMS = {
 }
 METHODS = {
     "default": ["hparams_search=qlora"],
-    "random": ["hparams_search=qlora_wide", "hydra/sweeper/sampler=random", "hydra.sweeper.pruner=none"],
+    "random": ["hparams_search=qlora_wide", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none"],
     "random-same-space": [
         "hparams_search=qlora",
         "hydra/sweeper/sampler=random",
-        "hydra.sweeper.pruner=none",
+        "hydra/sweeper/pruner=none",
     ],
 }
 # Candidates measured against the default before choosing it (kept so the choice can be re-checked).
 MEDIAN = [
-    "hydra.sweeper.pruner=median",
-    "~hydra.sweeper.pruner_kwargs.min_resource",
-    "~hydra.sweeper.pruner_kwargs.reduction_factor",
-    "+hydra.sweeper.pruner_kwargs.n_startup_trials=4",
-    "+hydra.sweeper.pruner_kwargs.n_warmup_steps=${trainer.val_every_n_steps}",
+    "hydra/sweeper/pruner=median",
+    "hydra.sweeper.pruner.n_startup_trials=4",
+    "hydra.sweeper.pruner.n_warmup_steps=${trainer.val_every_n_steps}",
 ]
 CANDIDATES = {
     "median": ["hparams_search=qlora", *MEDIAN],  # the default's space and sampler, median pruning

@@ -22,7 +22,7 @@ RECIPES = (
     "hydra.sweeper.enqueue=[{recipe:good,params:{lr:0.3}},{recipe:slow,params:{lr:0.001}},"
     "{recipe:slower,params:{lr:0.002}}]"
 )
-PRUNE_AFTER_ONE = "hydra.sweeper.pruner_kwargs={n_startup_trials:1}"
+PRUNE_AFTER_ONE = "hydra.sweeper.pruner.n_startup_trials=1"
 
 
 def run_app(script: Path, *overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sweeplab.trust import TRUST_ENV
 from tests.conftest import ROOT, TINY, run_train
 
 
@@ -293,13 +294,10 @@ QLORA = [
     "hparams_search=qlora",
     "hydra.sweeper.study_name=s",
     "hydra.sweeper.n_trials=1",
-    "hydra.sweeper.pruner=none",
+    "hydra/sweeper/pruner=none",
 ]
-ASHA = "hydra.sweeper.pruner=successive_halving"  # the qlora default, which QLORA above turns off
+ASHA = "hydra/sweeper/pruner=successive_halving"  # the qlora default, which QLORA above turns off
 SHORT = ["trainer.max_steps=12", "trainer.val_every_n_steps=4"]  # validations at 4 and 8 can prune
-# the qlora search's successive-halving arguments, swapped for the median pruner's
-MEDIAN = ["hydra.sweeper.pruner=median", "~hydra.sweeper.pruner_kwargs.min_resource",
-          "~hydra.sweeper.pruner_kwargs.reduction_factor"]  # fmt: skip
 
 
 def sweep(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -367,7 +365,21 @@ SWEEP_CASES = {
         "hydra.sweeper.params.optim.lr",  # both reported at once; the grammar is spelled out
     ),
     # sweeper options
-    "pruner typo": (lambda d: ["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner", "'median'"),
+    "pruner typo": (
+        lambda d: ["hydra/sweeper/pruner=mediam"],
+        "Could not find 'hydra/sweeper/pruner/mediam'",
+        "median",
+    ),
+    "pruner by its old spelling": (
+        lambda d: ["hydra.sweeper.pruner=median"],
+        "hydra.sweeper.pruner=median: the pruner is a config group",
+        "write hydra/sweeper/pruner=median",
+    ),
+    "pruner_kwargs (gone)": (
+        lambda d: ["hydra.sweeper.pruner_kwargs={n_warmup_steps: 4}"],
+        "hydra.sweeper.pruner_kwargs is gone",
+        "hydra.sweeper.pruner.n_warmup_steps=4",
+    ),
     "zero trials": (lambda d: ["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials", ">= 1"),
     "direction typo": (lambda d: ["hydra.sweeper.direction=minimise"], "minimise", "minimize or maximize"),
     "storage timeout of 0": (
@@ -380,45 +392,67 @@ SWEEP_CASES = {
         "hydra.sweeper.max_memory_gb must be > 0",
         "or null",
     ),
-    "failure rate (upstream's, not honoured)": (
-        lambda d: ["hydra.sweeper.max_failure_rate=0.5"],
-        "hydra.sweeper.max_failure_rate=0.5 is not supported",
-        "hydra.sweeper.max_failures=N",
+    "failure rate beyond 1": (
+        lambda d: ["hydra.sweeper.max_failure_rate=1.5"],
+        "hydra.sweeper.max_failure_rate must be between 0 and 1",
+        "got 1.5",
+    ),
+    "failure rate and count both": (
+        lambda d: ["hydra.sweeper.max_failure_rate=0.5", "hydra.sweeper.max_failures=3"],
+        "hydra.sweeper.max_failure_rate=0.5 and hydra.sweeper.max_failures=3 both limit failed trials",
+        "set one",
+    ),
+    "grid sampler over a continuous interval": (
+        lambda d: ["hydra/sweeper/sampler=grid"],  # the qlora space searches optim.lr on a log interval
+        "hydra/sweeper/sampler=grid: optim.lr: the grid sampler needs a finite set of values",
+        "choice(a, b, ...) or range(start, stop, step) for optim.lr",
     ),
     "search_space (removed upstream)": (
         lambda d: ["hydra.sweeper.search_space={lora.r:choice(8,16)}"],
         "Key 'search_space' not in 'SweeplabSweeperConf'",
         "custom_search_space",
     ),
-    "custom search space that does not import": (
-        lambda d: ["hydra.sweeper.custom_search_space=no_such_module_xyz.fn"],
-        "hydra.sweeper.custom_search_space=no_such_module_xyz.fn",
-        "module.function(cfg, trial)",
+    # config-named code: Hydra's execution whitelist, as the upstream sweeper applies it
+    "custom search space that runs a shell": (
+        lambda d: ["hydra.sweeper.custom_search_space=os.system"],
+        "hydra.sweeper.custom_search_space=os.system",
+        "Target 'os.system' cannot be authorized by the Hydra execution whitelist",
+    ),
+    "custom search space the app does not trust": (
+        lambda d: ["hydra.sweeper.custom_search_space=tests.search_space.warmup"],
+        "hydra.sweeper.custom_search_space=tests.search_space.warmup: Target 'tests.search_space.warmup' is "
+        "not in the Hydra execution whitelist",
+        "SWEEPLAB_TRUSTED_TARGETS=my_pkg.*",
+    ),
+    "pruner that deletes files": (
+        lambda d: [ASHA, "hydra.sweeper.pruner._target_=shutil.rmtree"],
+        "hydra.sweeper.pruner._target_=shutil.rmtree",
+        "not in the Hydra execution whitelist",
     ),
     # pruner settings that would raise in every trial or never prune
-    "successive-halving keys left for median": (
-        lambda d: ["hydra.sweeper.pruner=median", *SHORT],
-        "['min_resource', 'reduction_factor'] not accepted by the median pruner",
-        "~hydra.sweeper.pruner_kwargs.min_resource",
+    "an argument the pruner does not take": (
+        lambda d: [ASHA, "+hydra.sweeper.pruner.n_warmup_steps=4", *SHORT],
+        "hydra.sweeper.pruner: ['n_warmup_steps'] not arguments of optuna.pruners.SuccessiveHalvingPruner",
+        "'min_resource'",
     ),
     "pruner argument out of range": (
-        lambda d: [ASHA, "hydra.sweeper.pruner_kwargs.reduction_factor=1", *SHORT],
-        "hydra.sweeper.pruner_kwargs (pruner=successive_halving)",
+        lambda d: [ASHA, "hydra.sweeper.pruner.reduction_factor=1", *SHORT],
+        "hydra.sweeper.pruner (optuna.pruners.SuccessiveHalvingPruner)",
         "reduction_factor >= 2",
     ),
     "median warmup beyond the run": (
-        lambda d: [*MEDIAN, "+hydra.sweeper.pruner_kwargs.n_warmup_steps=100", *SHORT],
-        "hydra.sweeper.pruner_kwargs.n_warmup_steps=100: the median pruner cannot act before step 100",
-        "at step 8; lower n_warmup_steps, or set hydra.sweeper.pruner=none",
+        lambda d: ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_warmup_steps=100", *SHORT],
+        "hydra.sweeper.pruner.n_warmup_steps=100: the pruner cannot act before step 100",
+        "at step 8; lower n_warmup_steps, or set hydra/sweeper/pruner=none",
     ),
     "successive halving rung beyond the run": (
-        lambda d: [ASHA, "hydra.sweeper.pruner_kwargs.min_resource=10", *SHORT],
-        "hydra.sweeper.pruner_kwargs.min_resource=10",
+        lambda d: [ASHA, "hydra.sweeper.pruner.min_resource=10", *SHORT],
+        "hydra.sweeper.pruner.min_resource=10",
         "lower min_resource",
     ),
     "hyperband max_resource that is not the run's length": (
-        lambda d: ["hydra.sweeper.pruner=hyperband", "+hydra.sweeper.pruner_kwargs.max_resource=50", *SHORT],
-        "hydra.sweeper.pruner_kwargs.max_resource=50 must be trainer.max_steps=12",
+        lambda d: ["hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.max_resource=50", *SHORT],
+        "hydra.sweeper.pruner.max_resource=50 must be trainer.max_steps=12",
         "or auto",
     ),
     # what every trial would start from
@@ -460,6 +494,35 @@ def test_bad_sweep_fails_before_any_trial(case: str, tmp_path: Path) -> None:
     assert "s3cret" not in result.stdout + result.stderr
     assert not (out / "sweeps").exists(), "no study, storage or trial dir may exist"
     assert not list(tmp_path.rglob("*.db*")), "no database or lock file may be created"
+
+
+def test_a_callback_that_would_delete_files_is_refused(tmp_path: Path) -> None:
+    """callbacks.extra names code: a config cannot trust it itself (Hydra's execution whitelist)."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    write(keep / "notes.txt", "mine")
+    result = run_train(
+        *TINY, f"callbacks.extra=[{{_target_: shutil.rmtree, path: {keep}}}]", output_root=tmp_path
+    )
+    key = "callbacks.extra[0]._target_=shutil.rmtree"
+    assert_clean_failure(
+        result, f"{key}: Target 'shutil.rmtree' is not in the Hydra execution whitelist", TRUST_ENV
+    )
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_trusted_custom_search_space_that_does_not_import(tmp_path: Path) -> None:
+    """Trusted (SWEEPLAB_TRUSTED_TARGETS), so Hydra looks it up: the error names the key and the lookup."""
+    target = "no_such_module_xyz.fn"
+    result = sweep(
+        tmp_path / "outputs",
+        f"hydra.sweeper.custom_search_space={target}",
+        env={TRUST_ENV: "no_such_module_xyz.*"},
+    )
+    assert_clean_failure(
+        result, f"hydra.sweeper.custom_search_space={target}", f"Error locating target '{target}'"
+    )
+    assert not (tmp_path / "outputs" / "sweeps").exists()
 
 
 def test_storage_that_is_no_database_is_left_untouched(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "eval.test=false",
         "hparams_search=qlora",
         "hydra.sweeper.study_name=s",
-        "hydra.sweeper.pruner=none",
+        "hydra/sweeper/pruner=none",
         "hydra.sweeper.n_trials=4",
         output_root=out,
         timeout=1200,

@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first. A module may import its own layer and any layer below it, never one above.
 LAYERS = [
-    {"errors", "quiet", "rng", "outputs", "secrets", "config", "reuse"},
+    {"errors", "quiet", "rng", "outputs", "secrets", "config", "reuse", "trust"},
     {"data"},
     {"models"},
     {"eval"},

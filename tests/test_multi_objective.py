@@ -20,7 +20,7 @@ def test_loss_against_adapter_size_gives_a_pareto_front(tmp_path: Path) -> None:
         tmp_path,
         *QLORA,
         "objective.metric=[val/loss,trainable_params]",
-        "hydra.sweeper.pruner=successive_halving",  # asked for, but a multi-objective study cannot prune
+        "hydra/sweeper/pruner=successive_halving",  # asked for, but a multi-objective study cannot prune
         "hydra.sweeper.enqueue=[{recipe:small,params:{lora.r:2}},{recipe:big,params:{lora.r:16}}]",
         "hydra.sweeper.n_trials=2",
         "lora.r=choice(2,16)",

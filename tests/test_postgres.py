@@ -106,7 +106,7 @@ def test_two_workers_sweep_on_postgres_and_no_secret_leaks(postgres_url: str, tm
     overrides = [o for o in SMALL if not o.startswith(("logger=", "trainer.max_steps"))]
     result = subprocess.run(
         [sys.executable, "-m", "sweeplab.train", "--multirun", *overrides, "hparams_search=qlora",
-         "hydra.sweeper.study_name=pg", "hydra.sweeper.pruner=none", "hydra.sweeper.n_trials=4",
+         "hydra.sweeper.study_name=pg", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4",
          "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={postgres_url}", "logger=wandb",
          "logger.mode=offline", "trainer.max_steps=8", f"paths.output_root={tmp_path}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
@@ -141,7 +141,7 @@ def _sweep(out: Path, study: str, url: str, *overrides: str) -> list[str]:
     sweep = [o for o in SMALL if not o.startswith("trainer.max_steps")]
     return [
         sys.executable, "-m", "sweeplab.train", "--multirun", *sweep, "hparams_search=qlora",
-        f"hydra.sweeper.study_name={study}", "hydra.sweeper.pruner=none", f"hydra.sweeper.storage={url}",
+        f"hydra.sweeper.study_name={study}", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage={url}",
         "hydra.sweeper.heartbeat_interval=1", f"paths.output_root={out}", *overrides,
     ]  # fmt: skip
 

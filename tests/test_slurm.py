@@ -26,7 +26,7 @@ def command(out: Path, study: str, url: str, *overrides: str) -> list[str]:
     sweep = [o for o in SMALL if not o.startswith("trainer.max_steps")]
     return [
         sys.executable, "-m", "sweeplab.train", "--multirun", *sweep, "hparams_search=qlora",
-        f"hydra.sweeper.study_name={study}", "hydra.sweeper.pruner=none", f"hydra.sweeper.storage={url}",
+        f"hydra.sweeper.study_name={study}", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage={url}",
         "hydra.sweeper.n_jobs=2", "hydra.sweeper.heartbeat_interval=1", "hydra/launcher=submitit_local",
         f"paths.output_root={out}", *overrides,
     ]  # fmt: skip

@@ -15,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from sweeplab.trust import TRUST_ENV
 from tests.conftest import ROOT, run_train
 
 SMALL = [
@@ -30,15 +31,15 @@ SMALL = [
 TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
 
 
-def sweep(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return run_train("--multirun", *SMALL, *overrides, output_root=out, timeout=900)
+def sweep(out: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_train("--multirun", *SMALL, *overrides, output_root=out, env=env, timeout=900)
 
 
 def load(out: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'sweeps' / 'optuna.db'}")
 
 
-QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra.sweeper.pruner=none"]
+QLORA = ["hparams_search=qlora", "hydra.sweeper.study_name=s", "hydra/sweeper/pruner=none"]
 # The tool-call search, small: a short range test, few decoded chats.
 TOOL_SEARCH = [
     "hparams_search=qlora_tool_exact",
@@ -224,17 +225,12 @@ def test_each_trial_is_its_own_wandb_run(tmp_path: Path) -> None:
 
 
 # Every pruner, set so it can act on a 10-step trial (validations at 4 and 8; the final one at 10).
+ARGS = "hydra.sweeper.pruner."
 PRUNERS = {
-    "median": (
-        "MedianPruner",
-        ["~hydra.sweeper.pruner_kwargs.min_resource", "~hydra.sweeper.pruner_kwargs.reduction_factor",
-         "+hydra.sweeper.pruner_kwargs={n_startup_trials: 1, n_warmup_steps: 4}"],
-    ),
-    "successive_halving": (
-        "SuccessiveHalvingPruner", ["hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"]
-    ),
-    "hyperband": ("HyperbandPruner", ["hydra.sweeper.pruner_kwargs={min_resource: 4, reduction_factor: 2}"]),
-}  # fmt: skip
+    "median": ("MedianPruner", [f"{ARGS}n_startup_trials=1", f"{ARGS}n_warmup_steps=4"]),
+    "successive_halving": ("SuccessiveHalvingPruner", [f"{ARGS}min_resource=4", f"{ARGS}reduction_factor=2"]),
+    "hyperband": ("HyperbandPruner", [f"{ARGS}min_resource=4", f"{ARGS}reduction_factor=2"]),
+}
 
 
 @pytest.mark.parametrize("pruner", sorted(PRUNERS))
@@ -242,7 +238,7 @@ def test_every_pruner_runs_a_sweep(pruner: str, tmp_path: Path) -> None:
     """max_steps=10 is no multiple of val_every_n_steps=4: the final validation at 10 is reported too."""
     pruner_class, kwargs = PRUNERS[pruner]
     result = sweep(
-        tmp_path, "hparams_search=qlora", "hydra.sweeper.study_name=p", f"hydra.sweeper.pruner={pruner}",
+        tmp_path, "hparams_search=qlora", "hydra.sweeper.study_name=p", f"hydra/sweeper/pruner={pruner}",
         *kwargs, "hydra.sweeper.n_trials=2", "trainer.max_steps=10",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -263,7 +259,7 @@ def test_random_sampler_custom_space_and_a_trial_shorter_than_val_every(tmp_path
     result = sweep(
         tmp_path, *QLORA, "hydra/sweeper/sampler=random", "hydra.sweeper.enqueue=[]",
         "hydra.sweeper.custom_search_space=tests.search_space.warmup", "hydra.sweeper.n_trials=2",
-        "trainer.max_steps=3",
+        "trainer.max_steps=3", env={TRUST_ENV: "tests.search_space.warmup"},  # the user trusts their hook
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = load(tmp_path, "s").trials
@@ -278,7 +274,8 @@ def test_random_sampler_custom_space_and_a_trial_shorter_than_val_every(tmp_path
 def test_bad_sweeper_options_fail_cleanly(tmp_path: Path) -> None:
     result = sweep(tmp_path, *QLORA, "hydra.sweeper.pruner=nope", "hydra.sweeper.n_jobs=0")
     assert result.returncode != 0
-    assert "hydra.sweeper.pruner must be one of" in result.stderr and "hydra.sweeper.n_jobs" in result.stderr
+    assert "hydra.sweeper.pruner=nope: the pruner is a config group" in result.stderr
+    assert "hydra.sweeper.n_jobs" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "sweeps" / "optuna.db").exists()
 

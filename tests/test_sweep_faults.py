@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeplab.trust import TRUST_ENV
 from tests.conftest import ROOT
 from tests.test_sweep import SMALL, TEST_CONF, load
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 def command(out: Path, study: str, *overrides: str) -> list[str]:
     return [
         sys.executable, "-m", "sweeplab.train", "--multirun", *SMALL, f"paths.output_root={out}",
-        "hparams_search=qlora", f"hydra.sweeper.study_name={study}", "hydra.sweeper.pruner=none", *overrides,
+        "hparams_search=qlora", f"hydra.sweeper.study_name={study}", "hydra/sweeper/pruner=none", *overrides,
     ]  # fmt: skip
 
 
@@ -231,6 +232,7 @@ def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Pa
         [sys.executable, "-m", "sweeplab.train", "--multirun", *SMALL, f"paths.output_root={tmp_path}",
          TEST_CONF, "hparams_search=faults"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, TRUST_ENV: "tests.faults.Fault"},  # callbacks.extra names our own test code
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = load(tmp_path, "faults").trials

@@ -32,9 +32,14 @@ from sweeplab.secrets import install_log_redaction, redact, redact_text
 from sweeplab.sweep.task import sweeplab_task
 from sweeplab.training.ranks import is_rank_zero, trial_ranks
 from sweeplab.training.results import write_config, write_outputs
+from sweeplab.trust import resolve_target, trusted_targets
 
 log = logging.getLogger("sweeplab.train")
-TRUSTED_TARGETS = ["sweeplab.*", "hydra_plugins.*", "hydra._internal.*", "optuna.samplers.*", "logging.*"]
+try:  # what any config may instantiate; the user adds their own code in SWEEPLAB_TRUSTED_TARGETS
+    TRUSTED_TARGETS = trusted_targets()
+except ConfigError as _err:
+    print(f"sweeplab: error: {_err}", file=sys.stderr)
+    sys.exit(2)
 
 
 def preflight_model(rc: RunConfig) -> None:
@@ -43,6 +48,13 @@ def preflight_model(rc: RunConfig) -> None:
         from sweeplab.models.gguf import locate
 
         locate(rc.model.gguf)
+
+
+def preflight_callbacks(rc: RunConfig) -> None:
+    """callbacks.extra names code: the app's execution whitelist (and the user's, from the
+    environment) must allow it, checked before anything loads. A config cannot trust itself."""
+    for i, item in enumerate(rc.callbacks.extra):
+        resolve_target(f"callbacks.extra[{i}]._target_", item["_target_"])
 
 
 def preflight_data(rc: RunConfig) -> None:
@@ -95,8 +107,7 @@ def fit(
     val_loader = loaders.val_loader(rc.data, val_set, tokenizer.pad_token_id)
 
     extra = [GracefulStop(run_dir / "checkpoints" / "last.ckpt")]
-    # Only the class each entry names: a nested _target_ inside its arguments would be refused.
-    extra += [hydra.utils.instantiate(c, _execution_whitelist_=c["_target_"]) for c in rc.callbacks.extra]
+    extra += [hydra.utils.instantiate(c) for c in rc.callbacks.extra]  # preflight_callbacks allowed them
     pruning, clock, pruner = [], None, None
     if (trial is not None or follower) and not rc.objective.multi:  # Optuna prunes one objective only
         from sweeplab.sweep.pruning import PruningCallback
@@ -249,6 +260,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished run; choose another run_name")
     preflight_model(rc)
+    preflight_callbacks(rc)
     preflight_data(rc)
     ckpt = None
     if rc.ckpt_path is not None:
@@ -310,7 +322,7 @@ def _remove_empty_parents(run_dir: Path, run_name: str) -> None:
             parent.rmdir()
 
 
-# Targets any config may instantiate: our own classes, Hydra plugins, Optuna samplers, Python logging.
+# Targets any config may instantiate: sweeplab.trust.BASE_TRUSTED and SWEEPLAB_TRUSTED_TARGETS.
 # Marked: the sweeper applies sweeplab's checks and phases to this task only (sweeplab.sweep.task).
 @hydra.main(config_path=CONF_DIR, config_name="train", execution_whitelist=TRUSTED_TARGETS)
 @sweeplab_task

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+import optuna
+from hydra.errors import InstantiationException
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution
 
+from hydra_plugins.sweeplab_sweeper.grid import grid_problems
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
-from sweeplab.sweep.trial import PRUNERS, build_pruner, pruner_kwargs
+from sweeplab.sweep.pruners import PRUNER_WHITELIST, build_pruner, pruner_arguments, pruner_node
+from sweeplab.trust import resolve_target
 
 STORAGES = (
     "use sqlite:///relative/path.db, sqlite:////absolute/path.db or "
@@ -56,8 +61,16 @@ def rank_problems() -> list[str]:
 def option_problems(options: dict[str, Any]) -> list[str]:
     """Keys upstream accepts and then trips over later (a zero-trial study, an Optuna ValueError)."""
     problems = []
-    if options["pruner"] not in PRUNERS:
-        problems.append(f"hydra.sweeper.pruner must be one of {list(PRUNERS)}, got {options['pruner']!r}")
+    try:
+        pruner_node(options["pruner"])
+    except ValueError as exc:
+        problems.append(str(exc))
+    if options.get("pruner_kwargs") is not None:
+        problems.append(
+            "hydra.sweeper.pruner_kwargs is gone: a pruner's arguments are keys of its own node, which "
+            "hydra/sweeper/pruner=NAME selects (e.g. hydra/sweeper/pruner=median "
+            "hydra.sweeper.pruner.n_warmup_steps=4); move them there"
+        )
     for i, recipe in enumerate(options["enqueue"] or []):
         if not isinstance(recipe, dict | DictConfig) or set(recipe) != {"recipe", "params"}:
             problems.append(f"hydra.sweeper.enqueue[{i}] must be {{recipe: NAME, params: {{key: value}}}}")
@@ -111,86 +124,97 @@ def option_problems(options: dict[str, Any]) -> list[str]:
             problems.append(
                 f"hydra.sweeper.lr_range_test.steps must be an integer >= 3, got {test.get('steps')}"
             )
-    if options["max_failure_rate"] is not None:
-        problems.append(
-            f"hydra.sweeper.max_failure_rate={options['max_failure_rate']} is not supported (upstream's "
-            "failure rate per batch; this sweeper runs no batches): use hydra.sweeper.max_failures=N, "
-            "the number of FAIL trials after which the sweep stops"
-        )
-    if (target := options["custom_search_space"]) is not None:
-        from hydra.utils import get_method
-
-        try:
-            get_method(target)
-        except Exception as exc:  # noqa: BLE001 - an import error of any kind, or not a callable
+    if (rate := options["max_failure_rate"]) is not None:
+        if not 0.0 <= rate <= 1.0:
             problems.append(
-                f"hydra.sweeper.custom_search_space={target}: {_oneline(exc)}; name a function "
-                "module.function(cfg, trial) that Python can import"
+                f"hydra.sweeper.max_failure_rate must be between 0 and 1 (the share of n_trials that may "
+                f"fail) or null, got {rate}"
+            )
+        elif options["max_failures"] is not None:
+            problems.append(
+                f"hydra.sweeper.max_failure_rate={rate} and hydra.sweeper.max_failures="
+                f"{options['max_failures']} both limit failed trials; set one (the rate is "
+                "floor(rate * n_trials) failures)"
             )
     return problems
 
 
-def pruner_problems(name: str, kwargs: Any, config: DictConfig) -> list[str]:
+def pruner_problems(pruner: Any, config: DictConfig) -> list[str]:
     """Pruner settings that would raise in every trial, or silently never prune these trials."""
-    if name not in PRUNERS or name == "none":
-        return []  # an unknown name is option_problems' to report
-    kwargs = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else kwargs
-    allowed = [p for p in inspect.signature(PRUNERS[name]).parameters if p != "self"]
-    unknown = sorted(set(kwargs or {}) - set(allowed))
-    if unknown:
-        drop = " ".join(f"~hydra.sweeper.pruner_kwargs.{k}" for k in unknown)
-        return [
-            f"hydra.sweeper.pruner_kwargs: {unknown} not accepted by the {name} pruner (its keys: "
-            f"{allowed}); remove them ({drop}) or choose the pruner they belong to"
-        ]
     try:
-        build_pruner(name, kwargs)
-    except (TypeError, ValueError) as exc:
-        return [f"hydra.sweeper.pruner_kwargs (pruner={name}): {_oneline(exc)}"]
+        node = pruner_node(pruner)
+    except ValueError:
+        return []  # option_problems reports it
+    key = "hydra.sweeper.pruner"
+    try:
+        cls = resolve_target(f"{key}._target_", node._target_, PRUNER_WHITELIST).func
+        kwargs = pruner_arguments(node, None)
+    except (ConfigError, InstantiationException) as exc:
+        return [_oneline(exc)]
+    if cls is optuna.pruners.NopPruner:
+        return []
+    allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
+    if unknown := sorted(set(kwargs) - set(allowed)):
+        return [f"{key}: {unknown} not arguments of {node._target_} (its arguments: {allowed})"]
     try:
         rc = validate(config)
     except ConfigError:
-        return []  # config_problems reports it
-    max_steps, every = rc.trainer.max_steps, rc.trainer.val_every_n_steps
+        rc = None  # config_problems reports it
+    max_steps = rc.trainer.max_steps if rc is not None else None
+    try:
+        build_pruner(node, max_steps)
+    except (TypeError, ValueError, InstantiationException) as exc:
+        return [f"{key} ({node._target_}): {_oneline(exc)}"]
+    if rc is None:
+        return []
+    every = rc.trainer.val_every_n_steps
     # Pruning stops a trial at a validation inside fit; the one at max_steps saves nothing.
     last = (max_steps - 1) // every * every
     where = f"trainer.max_steps={max_steps} with trainer.val_every_n_steps={every}"
     if last == 0:
         return []  # a quick sweep: trials validate at their end only and nothing is pruned (end_only_note)
-    kwargs = pruner_kwargs(name, kwargs, max_steps)
-    first, key = 0, None
-    if name == "median":
-        first, key = kwargs.get("n_warmup_steps", 0), "n_warmup_steps"
+    kwargs = pruner_arguments(node, max_steps)
+    first, arg = 0, None
+    if "n_warmup_steps" in allowed:  # median, percentile
+        first, arg = kwargs.get("n_warmup_steps", 0), "n_warmup_steps"
     elif isinstance(kwargs.get("min_resource", "auto"), int):  # successive_halving, hyperband
         rate = kwargs.get("min_early_stopping_rate", 0)
-        first, key = kwargs["min_resource"] * kwargs.get("reduction_factor", 4) ** rate, "min_resource"
+        first, arg = kwargs["min_resource"] * kwargs.get("reduction_factor", 4) ** rate, "min_resource"
     if first > last:
         return [
-            f"hydra.sweeper.pruner_kwargs.{key}={kwargs[key]}: the {name} pruner cannot act before step "
-            f"{first}, but {where} validates last before the end at step {last}; lower {key}, or set "
-            "hydra.sweeper.pruner=none"
+            f"{key}.{arg}={kwargs[arg]}: the pruner cannot act before step {first}, but {where} validates "
+            f"last before the end at step {last}; lower {arg}, or set hydra/sweeper/pruner=none"
         ]
-    if name == "hyperband" and kwargs["max_resource"] != max_steps:
+    if cls is optuna.pruners.HyperbandPruner and kwargs["max_resource"] != max_steps:
         return [
-            f"hydra.sweeper.pruner_kwargs.max_resource={kwargs['max_resource']} must be trainer.max_steps="
-            f"{max_steps} (a trial's full length, which sets Hyperband's brackets) or auto"
+            f"{key}.max_resource={kwargs['max_resource']} must be trainer.max_steps={max_steps} (a trial's "
+            "full length, which sets Hyperband's brackets) or auto"
         ]
     return []
 
 
-def end_only_note(name: str, config: DictConfig) -> str | None:
+def end_only_note(pruner: Any, config: DictConfig) -> str | None:
     """A sweep of trials shorter than one validation interval runs, unpruned, and says so once."""
     try:
         rc = validate(config)
-    except ConfigError:
+        target = pruner_node(pruner)._target_
+    except (ConfigError, ValueError):
         return None
     max_steps, every = rc.trainer.max_steps, rc.trainer.val_every_n_steps
-    if name == "none" or (max_steps - 1) // every > 0:
+    if target == "optuna.pruners.NopPruner" or (max_steps - 1) // every > 0:
         return None
     return (
         f"trainer.max_steps={max_steps} <= trainer.val_every_n_steps={every}: each trial validates once, "
-        f"at its end, and the {name} pruner prunes nothing (lower trainer.val_every_n_steps to prune)"
+        f"at its end, and the pruner ({target}) prunes nothing (lower trainer.val_every_n_steps to prune)"
     )
+
+
+def grid_sampler_problems(params: DictConfig | None, arguments: list[str]) -> list[str]:
+    """hydra/sweeper/sampler=grid: every searched key needs a finite list of values."""
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    distributions, fixed, _ = create_params_from_overrides(lines)
+    problems = grid_problems({k: d for k, d in distributions.items() if k not in fixed})
+    return [f"hydra/sweeper/sampler=grid: {p}" for p in problems]
 
 
 def space_problems(
@@ -246,6 +270,12 @@ def _key_problem(key: str, config: DictConfig) -> str | None:
     return f"{key} is not a config key; keys under {parent or 'the root'}: {keys}"
 
 
+def names_key(line: str, key: str) -> bool:
+    """Whether an error line is about `key`: the key as a key, not inside a word or another key
+    (`y` in "key", `lora.r` in "lora.rank"), nor quoted in a list of allowed keys."""
+    return re.search(rf"(?<![\w.'\"]){re.escape(key)}(?![\w'\"]|\.\w)", line) is not None
+
+
 def _values_problem(key: str, values: Any, config: DictConfig) -> str | None:
     """A value the schema refuses would fail every trial that draws it, after the study was created."""
     if isinstance(OmegaConf.select(config, key), DictConfig):
@@ -257,7 +287,7 @@ def _values_problem(key: str, values: Any, config: DictConfig) -> str | None:
         try:
             validate(trial)
         except ConfigError as err:
-            leaf = [ln.strip() for ln in str(err).splitlines() if key in ln]
+            leaf = [ln.strip() for ln in str(err).splitlines() if names_key(ln, key)]
             if leaf:
                 bad.append(f"{value!r} ({leaf[0]})")
     return f"{key} would be given invalid values: {', '.join(bad)}" if bad else None

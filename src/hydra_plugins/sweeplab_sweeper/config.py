@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import MISSING, OmegaConf
+
+from sweeplab.sweep.pruners import PRUNERS, MedianPrunerConfig
 
 
 @dataclass
 class SweeplabSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.sweeplab_sweeper.sweeper.SweeplabSweeper"
-    # none | median | successive_halving | hyperband; the job reports the objective at every validation
-    # (the final one too) and may be stopped at any but the final one. The study and every job build
-    # the same pruner (TPE reads it: under Hyperband it models each bracket's trials apart).
-    pruner: str = "median"
-    # The pruner's own arguments, checked against its signature and trainer.max_steps before the study
-    # exists: a value that could never prune is refused. Hyperband's max_resource=auto is max_steps.
-    # With pruner=none they are not used (so turning pruning off needs no other change).
-    pruner_kwargs: dict[str, Any] = field(default_factory=dict)
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    # A config group like the sampler: hydra/sweeper/pruner=none | median | successive_halving | hyperband,
+    # each node its own _target_ and arguments (hydra.sweeper.pruner.n_warmup_steps=4).
+    # `hydra.sweeper.pruner=NAME` (a plain name, the older spelling) is refused with the new one. The job
+    # reports the objective at every validation (the final one too) and may be stopped at any but the final
+    # one. The study and every job build the same pruner (TPE reads it: under Hyperband it models each
+    # bracket's trials apart). Arguments are checked against the pruner's signature and trainer.max_steps
+    # before the study exists: a value that could never prune is refused.
+    pruner: Any = MISSING
+    # Gone: the arguments are the pruner node's own keys. Any value is refused, saying so.
+    pruner_kwargs: Any = None
     # Known recipes run as the first trials of a new study: [{recipe: name, params: {key: value}}].
     enqueue: list[Any] = field(default_factory=list)
     # Worker processes on one storage; each takes the next trial as soon as its own ends. With
@@ -27,8 +34,9 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     n_jobs: int = 1
     # FAIL trials do not count toward n_trials; beyond this many the sweep stops (default: n_trials).
     max_failures: int | None = None
-    # Upstream's failure rate per batch of trials; this sweeper runs no batches and stops on
-    # max_failures alone, so any value is refused (one rule, not two overlapping ones).
+    # Upstream's key, 0..1: the share of n_trials that may fail. This sweeper runs no batches, so the
+    # rate is a count: floor(rate * n_trials) failures are tolerated, one more stops the sweep
+    # (0.0, upstream's default: the first failure stops it). Set it or max_failures, not both.
     max_failure_rate: float | None = None
     # Upstream's hook, honoured: module.function(cfg, trial) called on each asked trial; the params it
     # suggests become overrides of that trial, like hydra.sweeper.params.
@@ -79,6 +87,17 @@ class SweeplabSweeperConf(OptunaSweeperConf):
     keep_checkpoints: int | None = 3
 
 
+_UPSTREAM_KEYS = {f.name for f in fields(OptunaSweeperConf)}
+# sweeplab's own keys and their defaults, for an impl built in code with upstream's arguments alone.
+EXTRA_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not NO_DEFAULT else f.default_factory()
+    for f in fields(SweeplabSweeperConf)
+    if f.name not in _UPSTREAM_KEYS
+}
+EXTRA_DEFAULTS["pruner"] = OmegaConf.structured(MedianPrunerConfig)  # the group's default option
+
 ConfigStore.instance().store(
     group="hydra/sweeper", name="sweeplab", node=SweeplabSweeperConf, provider="sweeplab"
 )
+for name, node in PRUNERS.items():
+    ConfigStore.instance().store(group="hydra/sweeper/pruner", name=name, node=node, provider="sweeplab")

@@ -9,6 +9,8 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from hydra_plugins.sweeplab_sweeper.grid import tell
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +71,7 @@ def prune_predicted(study: optuna.Study, trial: optuna.Trial, reason: str, predi
     """PRUNED, not FAIL: a region the sampler should avoid, not a crash counted toward max_failures."""
     trial.set_user_attr("pruned_reason", reason)
     trial.set_user_attr("predicted_memory_gb", round(predicted_gb, 4))
-    study.tell(trial, state=TrialState.PRUNED)
+    tell(study, trial, state=TrialState.PRUNED)
     params = " ".join(f"{k}={v}" for k, v in trial.params.items())
     log.info(
         "trial %d PRUNED before launch (hydra.sweeper.max_memory_gb): %s; %s",

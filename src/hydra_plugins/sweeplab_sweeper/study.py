@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import sys
@@ -10,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import checks
+from hydra_plugins.sweeplab_sweeper.grid import is_grid
 from hydra_plugins.sweeplab_sweeper.phases import centre_point
 from sweeplab.secrets import redact_text
 from sweeplab.sweep.best_card import write_best_card
-from sweeplab.sweep.trial import build_pruner
+from sweeplab.sweep.pruners import build_pruner
+from sweeplab.trust import oneline
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +36,10 @@ def open_study(
     url: str,
     study_name: str,
     directions: list[str],
-    sampler_cfg: DictConfig,
-    pruner: str,
-    pruner_kwargs: dict[str, Any],
+    sampler_cfg: Any,
+    pruner: DictConfig,
     max_steps: int | None,
+    grid: dict[str, list[Any]] | None = None,
 ) -> optuna.Study:
     """Create or resume the study; resuming one made for the other direction is refused."""
     try:
@@ -52,24 +56,40 @@ def open_study(
                 f"sweep would {' and '.join(directions)}; choose a new hydra.sweeper.study_name"
             ],
         )
-    if pruner == "hyperband" and pruner_kwargs.get("max_resource", "auto") == "auto":
+    if (
+        pruner._target_ == "optuna.pruners.HyperbandPruner"
+        and pruner.get("max_resource") == "auto"
+        and max_steps
+    ):
         log.info("hyperband pruner: max_resource=auto is trainer.max_steps=%d", max_steps)
     return optuna.create_study(
         study_name=study_name,
         storage=storage,
-        sampler=sampler_for(sampler_cfg, 0),
-        pruner=build_pruner(pruner, pruner_kwargs, max_steps),
+        sampler=sampler_for(sampler_cfg, 0, grid),
+        pruner=build_pruner(pruner, max_steps),
         directions=directions,
         load_if_exists=True,
     )
 
 
-def sampler_for(sampler_cfg: DictConfig, n: int) -> optuna.samplers.BaseSampler:
+def sampler_for(
+    sampler_cfg: Any, n: int, grid: dict[str, list[Any]] | None = None
+) -> optuna.samplers.BaseSampler:
     """Seed mixed with the trial number: a fixed seed would make workers and resumed studies repeat
-    params; plain seed + n would make seed s+1 replay seed s shifted by one trial."""
+    params; plain seed + n would make seed s+1 replay seed s shifted by one trial. A grid sampler
+    keeps its seed: it orders the grid, and every worker and resume must number it the same way.
+    A sampler built in code (upstream's tests pass one) is used as it is."""
+    if isinstance(sampler_cfg, optuna.samplers.BaseSampler):
+        return sampler_cfg
+    if isinstance(sampler_cfg, functools.partial):  # upstream's built GridSampler partial
+        return sampler_cfg(grid or {})
     seed = sampler_cfg.get("seed")
-    kwargs = {"seed": (seed * 1_000_003 + n) % 2**32} if seed is not None else {}
-    return instantiate(sampler_cfg, **kwargs, _execution_whitelist_=SAMPLER_WHITELIST)
+    kwargs = {"seed": (seed * 1_000_003 + n) % 2**32} if seed is not None and grid is None else {}
+    try:
+        sampler = instantiate(sampler_cfg, **kwargs, _execution_whitelist_=SAMPLER_WHITELIST)
+    except InstantiationException as exc:
+        checks.fail("invalid sweeper config", [f"hydra.sweeper.sampler: {oneline(exc)}"])
+    return sampler(grid) if is_grid(sampler) else sampler
 
 
 def configure_trials(config, extender, trials, search_space_distributions, fixed_params, fixed_overrides):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.errors import InstantiationException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import apps, checks, cluster, phases, retention
+from hydra_plugins.sweeplab_sweeper.config import EXTRA_DEFAULTS
+from hydra_plugins.sweeplab_sweeper.grid import grid_size, grid_space, is_grid, tell
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
     SweepDiskFull,
@@ -63,26 +66,54 @@ from hydra_plugins.sweeplab_sweeper.study import (
 from sweeplab.config import validate
 from sweeplab.outputs import quiet_log_write_errors
 from sweeplab.secrets import install_log_redaction, redact_text
+from sweeplab.sweep.pruners import pruner_node
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.task import is_sweeplab_task
 from sweeplab.sweep.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweeplab.training.ranks import WORKER_ENV
+from sweeplab.trust import refusal
 
 log = logging.getLogger(__name__)
 
 STORAGE_LOST_EXIT = 75  # EX_TEMPFAIL: try again later
+NOP = {"_target_": "optuna.pruners.NopPruner"}  # what a multi-objective study gets
 
 
 class SweeplabSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, sampler_cfg: DictConfig, extra: dict[str, Any], **upstream: Any) -> None:
-        super().__init__(sampler=None, max_failure_rate=0.0, custom_search_space=None, **upstream)
-        self.sampler_cfg = sampler_cfg
-        if extra["custom_search_space"]:  # the user named it: trusted like callbacks.extra's targets
-            self.custom_search_space_extender = get_method(extra["custom_search_space"])
-        self.pruner = extra["pruner"]
-        self.pruner_kwargs = dict(extra["pruner_kwargs"] or {})
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Any | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float | None,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        **extra: Any,
+    ) -> None:
+        """Upstream's signature (a drop-in for OptunaSweeperImpl), then sweeplab's keys by name."""
+        if unknown := sorted(set(extra) - set(EXTRA_DEFAULTS)):
+            raise TypeError(f"SweeplabSweeperImpl got unknown keys {unknown}")
+        extra = {**EXTRA_DEFAULTS, **extra}
+        try:  # upstream resolves the hook with instantiate(): the app's execution whitelist applies
+            super().__init__(
+                None, direction, storage, study_name, n_trials, n_jobs, max_failure_rate or 0.0,
+                custom_search_space, params,
+            )  # fmt: skip
+        except InstantiationException as exc:
+            raise InstantiationException(
+                refusal("hydra.sweeper.custom_search_space", custom_search_space, exc)
+            ) from exc
+        # The sampler's node, built per trial (reseeded) once the grid, if any, is known; or a sampler
+        # built in code, used as it is.
+        self.sampler_cfg = sampler
+        self.grid: dict[str, list[Any]] | None = None
+        self.max_failure_rate = max_failure_rate
+        self.pruner = pruner_node(extra["pruner"])
         self.enqueue = extra["enqueue"]
-        self.max_failures = extra["max_failures"] if extra["max_failures"] is not None else self.n_trials
+        self.max_failures_cfg = extra["max_failures"]
         self.heartbeat_interval = extra["heartbeat_interval"]
         self.grace_period = grace_period_for(
             extra["grace_period"], extra["heartbeat_interval"], extra["storage_timeout"]
@@ -109,6 +140,15 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
     @property
     def metrics(self) -> list[str] | None:
         return self.objective.metrics if self.own_task else None
+
+    @property
+    def max_failures(self) -> int:
+        """FAIL trials tolerated: max_failures, or upstream's rate as a share of n_trials, or n_trials."""
+        if self.max_failures_cfg is not None:
+            return self.max_failures_cfg
+        if self.max_failure_rate is not None:
+            return math.floor(self.max_failure_rate * self.n_trials)
+        return self.n_trials
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): each objective metric's own sense."""
@@ -142,6 +182,15 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         for name in fixed:
             distributions.pop(name, None)
+        if is_grid(self.sampler_cfg):  # checks.grid_problems refused a continuous interval before
+            self.grid = grid_space(distributions)
+            # Every grid point once; recipes (enqueue) run besides the grid, as extra points.
+            cap = grid_size(self.grid) + len(self.enqueue or [])
+            if self.n_trials > cap:
+                log.info(
+                    "grid sampler: n_trials %d -> %d, the grid's size and the recipes", self.n_trials, cap
+                )
+                self.n_trials = cap
         sweep_dir = Path(self.sweep_dir)
         url = absolute_url(default_storage(self.storage, sweep_dir))
         lock = lambda: study_lock(url, self.study_name, sweep_dir, self.storage_timeout)  # noqa: E731
@@ -157,7 +206,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         LOST_ERROR.clear()
         self.url = url
         directions = self._get_directions()
-        if len(directions) > 1 and self.pruner != "none" and not os.environ.get(WORKER_ENV):
+        if len(directions) > 1 and self.pruner._target_ != NOP["_target_"] and not os.environ.get(WORKER_ENV):
             log.info(
                 "pruning is off: Optuna prunes single-objective studies only (%d objectives)", len(directions)
             )
@@ -169,9 +218,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 self.study_name,
                 directions,
                 self.sampler_cfg,
-                self.pruner if len(directions) == 1 else "none",
-                self.pruner_kwargs,
+                self.pruner if len(directions) == 1 else pruner_node(NOP),  # Optuna prunes one objective
                 self.max_steps,
+                self.grid,
             )
             if self.own_task:
                 set_metric(study, metrics)
@@ -264,11 +313,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 # A trial stopped by the user is no failure of its params (it is queued again).
                 failures = [t for t in trials if t.state == TrialState.FAIL and not interrupted(t)]
                 if len(failures) > self.max_failures:
-                    log.error(
-                        "%d trials failed (hydra.sweeper.max_failures=%d): stopping the sweep",
-                        len(failures),
-                        self.max_failures,
-                    )
+                    self.stop_for_failures(failures)
                     return False
                 if self.patience is not None and (since := trials_since_best(study, trials)) >= self.patience:
                     log.info(
@@ -278,7 +323,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                         self.patience,
                     )
                     return True
-                study.sampler = sampler_for(self.sampler_cfg, len(study.trials))
+                study.sampler = sampler_for(self.sampler_cfg, len(study.trials), self.grid)
+                if self.grid is not None and study.sampler.is_exhausted(study):
+                    return True  # a failed point counts as run, as upstream's grid sweeps count it
                 with warnings.catch_warnings():  # a recipe's lr outside the narrowed range is meant
                     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
                     trial = study.ask()
@@ -298,6 +345,22 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             self.run_trial(study, storage, trial, overrides)
             if LOST.is_set():  # the heartbeat gave up after the trial had ended
                 raise LOST_ERROR[0]
+
+    def stop_for_failures(self, failures: list[optuna.trial.FrozenTrial]) -> None:
+        """Upstream raises the failing job's error; here its reason goes to stderr with the rule."""
+        if self.max_failures_cfg is not None:
+            rule = f"hydra.sweeper.max_failures={self.max_failures_cfg}"
+        elif self.max_failure_rate is not None:
+            rule = f"hydra.sweeper.max_failure_rate={self.max_failure_rate} of n_trials={self.n_trials}"
+        else:
+            rule = f"by default n_trials={self.n_trials}"
+        last = failures[-1]
+        message = (
+            f"{len(failures)} trials failed, more than {self.max_failures} ({rule}): stopping the sweep; "
+            f"the last, trial {last.number}: {last.user_attrs.get('fail_reason', 'no reason recorded')}"
+        )
+        log.error("%s", message)
+        print(f"sweeplab: error: {message}", file=sys.stderr)
 
     def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
         recipe = trial.user_attrs.get("recipe")
@@ -344,7 +407,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("fail_kind", kind)
             log.warning("trial %d failed (%s): %s", trial.number, kind, reason)
-        study.tell(trial, state=state, values=values)
+        tell(study, trial, state=state, values=values)
         log.info("trial %d %s%s", trial.number, state.name, shown_values(study.metric_names, values))
         self.in_flight = None
 
@@ -354,7 +417,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         """An interruption (or a full disk) is no verdict on the params: FAIL, and queue them again."""
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("fail_kind", kind)
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
         RetryWithCheckpoint(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
 
 
@@ -363,28 +426,11 @@ class SweeplabSweeper(Sweeper):
 
     def __init__(self, sampler: DictConfig, **kwargs: Any) -> None:
         checks.fail("invalid sweeper config", checks.option_problems(kwargs))
-        extra = {
-            k: kwargs.pop(k)
-            for k in (
-                "pruner",
-                "pruner_kwargs",
-                "enqueue",
-                "max_failures",
-                "max_failure_rate",
-                "custom_search_space",
-                "heartbeat_interval",
-                "grace_period",
-                "max_retries",
-                "patience",
-                "max_memory_gb",
-                "storage_timeout",
-                "wait",
-                "budget",
-                "lr_range_test",
-                "keep_checkpoints",
-            )
-        }
-        self.impl = SweeplabSweeperImpl(sampler, extra, **kwargs)
+        checks.fail("invalid sweeper config", checks.option_problems(kwargs))
+        try:
+            self.impl = SweeplabSweeperImpl(sampler, **kwargs)
+        except InstantiationException as exc:  # custom_search_space outside the execution whitelist
+            checks.fail("invalid sweeper config", [str(exc)])
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         impl = self.impl
@@ -406,7 +452,9 @@ class SweeplabSweeper(Sweeper):
                 "invalid sweeper config", apps.other_app_problems(impl.extra, impl.direction, impl.task)
             )
         space = checks.space_problems(impl.params, arguments, impl.config, own)
-        space += checks.pruner_problems(impl.pruner, impl.pruner_kwargs, impl.config)
+        if is_grid(impl.sampler_cfg) and not space:
+            space += checks.grid_sampler_problems(impl.params, arguments)
+        space += checks.pruner_problems(impl.pruner, impl.config)
         checks.fail("invalid sweep", space + checks.enqueue_problems(impl.enqueue, impl.config, own))
         if own:  # sweeplab's schema, data files and objective; another app's config is its own business
             checks.fail("invalid config for every trial", checks.config_problems(impl.config, impl.direction))

@@ -8,11 +8,11 @@
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
     return loss
 
-The values go to the job's own Optuna trial (the one sweeplab's training reports to), the pruner is
-the sweep's (`hydra.sweeper.pruner`, `pruner_kwargs`), and a storage outage is ridden out as for
-sweeplab's own jobs. Outside a sweeplab sweep (a single run, another sweeper) and in multi-objective
-studies, which Optuna cannot prune, `report` stores nothing and returns False, so the same app runs
-everywhere.
+The values go to the job's own Optuna trial (the one sweeplab's training reports to), the pruner is the
+sweep's (`hydra/sweeper/pruner=NAME`, its arguments `hydra.sweeper.pruner.KEY`), and a storage outage is
+ridden out as for sweeplab's own jobs. Outside a sweeplab sweep (a single run, another sweeper) and in
+multi-objective studies, which Optuna cannot prune, `report` stores nothing and returns False, so the
+same app runs everywhere.
 """
 
 from __future__ import annotations
