@@ -214,12 +214,16 @@ def test_user_data_trains(source: str, tmp_path: Path) -> None:
 
 
 def test_export_merges_the_adapter(tiny_run: Path, tmp_path: Path) -> None:
-    """python -m sweeplab.export: the merged model equals base + unmerged adapter in fp32."""
+    """python -m sweeplab.export: the merged model computes what the run trained: the adapter on the
+    4-bit base (its NF4 weights dequantized, in fp32), not the adapter on the original weights."""
     import subprocess
     import sys
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from sweeplab.config import ModelConfig
+    from sweeplab.models.build import load_quantized
 
     out = tmp_path / "merged"
     result = subprocess.run(
@@ -231,13 +235,19 @@ def test_export_merges_the_adapter(tiny_run: Path, tmp_path: Path) -> None:
     base_path = json.loads((tiny_run / "adapter" / "adapter_config.json").read_text())[
         "base_model_name_or_path"
     ]
-    unmerged = PeftModel.from_pretrained(
+    model_cfg = ModelConfig.model_validate(yaml.safe_load((tiny_run / "config.yaml").read_text())["model"])
+    trained = PeftModel.from_pretrained(
+        load_quantized(base_path, model_cfg, torch.float32), str(tiny_run / "adapter")
+    ).eval()
+    original = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_path), str(tiny_run / "adapter")
-    )
+    ).eval()
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     ids = torch.arange(1, 40).unsqueeze(0)
     with torch.no_grad():
-        assert torch.allclose(merged(ids).logits, unmerged.eval()(ids).logits, atol=1e-5)
+        logits = merged(ids).logits
+        assert torch.allclose(logits, trained(ids).logits, atol=1e-4)
+        assert not torch.allclose(logits, original(ids).logits, atol=1e-4)  # the NF4 weights differ
     again = subprocess.run(
         [sys.executable, "-m", "sweeplab.export", str(tiny_run), "--out", str(out)],
         capture_output=True,

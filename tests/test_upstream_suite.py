@@ -30,18 +30,6 @@ DELIBERATE = {
     "test_rejected_result_marks_trial_failed[wrong-number-of-values]": FAIL_NOT_COUNTED,
 }
 
-# Expected to fail until the fixes of issue 23's other half land (grid sampler, max_failure_rate,
-# custom_search_space through Hydra's whitelist): trim this list after merging them.
-PENDING = {
-    "test_example_with_grid_sampler[10]": "the grid sampler is built without its search space",
-    "test_example_with_grid_sampler[1]": "the grid sampler is built without its search space",
-    "test_optuna_example[True]": "upstream's max_failure_rate: 0.0 is refused",
-    "test_optuna_example[False]": "upstream's max_failure_rate: 0.0 is refused",
-    "test_failure_rate[0.5]": "max_failure_rate is refused",
-    "test_custom_search_space_is_resolved_through_instantiate": "constructor signature; whitelist",
-}
-
-
 def substituted_copy(dest: Path) -> Path:
     """The suite with sweeplab's sweeper selected (the substitution of SOURCES.txt)."""
     shutil.copytree(UPSTREAM, dest)
@@ -93,5 +81,5 @@ def test_upstream_sweeper_suite_passes_against_sweeplab(tmp_path: Path) -> None:
     results = outcomes(result.stdout)
     assert len(results) == N_TESTS, result.stdout[-5000:] + result.stderr[-3000:]
     failed = sorted(t for t, state in results.items() if state != "PASSED")
-    unexpected = [t for t in failed if t not in DELIBERATE and t not in PENDING]
+    unexpected = [t for t in failed if t not in DELIBERATE]
     assert not unexpected, f"{unexpected} fail against sweeplab:\n{result.stdout[-8000:]}"

@@ -150,6 +150,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             return math.floor(self.max_failure_rate * self.n_trials)
         return self.n_trials
 
+    @property
+    def every_trial_may_fail(self) -> bool:
+        return self.max_failures_cfg is None and (self.max_failure_rate or 0.0) >= 1.0
+
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): each objective metric's own sense."""
         given = apps.directions_of(self.direction)
@@ -312,6 +316,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     return True
                 # A trial stopped by the user is no failure of its params (it is queued again).
                 failures = [t for t in trials if t.state == TrialState.FAIL and not interrupted(t)]
+                if self.every_trial_may_fail and len(failures) >= self.n_trials:
+                    # Upstream's rate 1.0: failures never stop the sweep, which ends after n_trials
+                    # trials. FAIL trials do not count toward n_trials here, so it ends at n_trials of them.
+                    log.warning("all %d trials failed (hydra.sweeper.max_failure_rate=1.0)", len(failures))
+                    return True
                 if len(failures) > self.max_failures:
                     self.stop_for_failures(failures)
                     return False
