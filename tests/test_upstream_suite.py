@@ -30,6 +30,7 @@ DELIBERATE = {
     "test_rejected_result_marks_trial_failed[wrong-number-of-values]": FAIL_NOT_COUNTED,
 }
 
+
 def substituted_copy(dest: Path) -> Path:
     """The suite with sweeplab's sweeper selected (the substitution of SOURCES.txt)."""
     shutil.copytree(UPSTREAM, dest)
