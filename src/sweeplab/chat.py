@@ -209,6 +209,9 @@ def loop(model: Any, conversation: Any, settings: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Ctrl-C is this program's to handle, even when started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and CPython then installs no handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from sweeplab.data.chat_inputs import read_tools_file
         from sweeplab.models.saved import find_saved
