@@ -49,7 +49,12 @@ def test_a_trial_asked_while_the_lock_was_lost_is_queued_again(
         tmp_path, "lostlock", postgres.url, "hydra.sweeper.n_trials=2", "trainer.max_steps=8",
         "hydra.sweeper.custom_search_space=tests.faults.restart_storage_once",
     )  # fmt: skip
-    env = {**os.environ, "SWEEPLAB_TEST_RESTART_DIR": str(handshake)}
+    # The hook is test code: trusted as a user trusts their own (SWEEPLAB_TRUSTED_TARGETS).
+    env = {
+        **os.environ,
+        "SWEEPLAB_TEST_RESTART_DIR": str(handshake),
+        "SWEEPLAB_TRUSTED_TARGETS": "tests.faults.*",
+    }
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
