@@ -57,7 +57,7 @@ def test_a_sweep_shorter_than_one_validation_interval_runs_unpruned(tmp_path: Pa
     assert result.returncode == 0, output[-3000:]
     note = (
         "trainer.max_steps=6 <= trainer.val_every_n_steps=50: each trial validates once, at its end, "
-        "and the successive_halving pruner prunes nothing"
+        "and the pruner (optuna.pruners.SuccessiveHalvingPruner) prunes nothing"
     )
     assert output.count(note) == 1, output[-3000:]
     trials = load(tmp_path, "quick").trials
