@@ -152,7 +152,7 @@ def test_two_workers_a_killed_trial_resumes_and_then_its_checkpoint_goes(tmp_pat
     trials, while worker 1's trial trains; worker 1 is SIGKILLed, and its trial's retry must still find
     the checkpoint it resumes from."""
     cmd = sweep(
-        tmp_path, "two", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=none",
+        tmp_path, "two", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none",
         "hydra.sweeper.keep_checkpoints=0", "trainer.max_steps=40",
     )  # fmt: skip
     log = tmp_path / "sweep.log"
