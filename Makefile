@@ -41,11 +41,11 @@ train: install  ## one QLoRA run (model=base lora=r16); pass overrides as ARGS="
 estimate: install  ## params, LoRA modules, memory, FLOPs; no weights load: ARGS="model=qwen2.5-1.5b lora=r8"
 	$(PY) -m sweeplab.estimate $(ARGS)
 
-sweep: install  ## Optuna sweep (hparams_search=qlora); re-run to resume; ARGS="hydra.sweeper.n_trials=20"
-	$(PY) -m sweeplab.train --multirun hparams_search=qlora $(ARGS)
+sweep: install  ## Optuna sweep by exact tool calls (hparams_search=qlora_tool_exact); re-run to resume; ARGS="hydra.sweeper.budget=8"
+	$(PY) -m sweeplab.train --multirun hparams_search=qlora_tool_exact $(ARGS)
 
 STUDY   ?=
-report: install  ## tables + plots + best command of a sweep: make report STUDY=qlora-base-toolcalls
+report: install  ## tables + plots + best command of a sweep: make report STUDY=qlora-tool-exact-base-toolcalls
 	$(PY) -m sweeplab.report $(STUDY)
 
 A       ?=

@@ -1,7 +1,7 @@
 """The memory estimate beside what a few CPU training steps really hold.
 
     .venv/bin/python bench/bench_estimate.py --out BENCHMARKS.md          # what `make bench` runs
-    .venv/bin/python bench/bench_estimate.py "model=base data.batch_size=4"   # one row, printed
+    .venv/bin/python bench/bench_estimate.py "model=toy data.batch_size=4"   # one row, printed
 
 Each configuration runs in its own process (a fresh RSS baseline): one warm-up step at batch 1 x 16
 tokens (code pages, weights and optimizer state become resident), then 3 steps of forward, backward
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_estimate:start -->", "<!-- bench_estimate:end -->"
 CONFIGS = [
     "model=tiny data.batch_size=8 data.max_seq_len=256",
-    "model=base model.gradient_checkpointing=false data.batch_size=8 data.max_seq_len=256",
-    "model=base data.batch_size=8 data.max_seq_len=256",
+    "model=toy model.gradient_checkpointing=false data.batch_size=8 data.max_seq_len=256",
+    "model=toy data.batch_size=8 data.max_seq_len=256",
     "model=smollm2-135m model.gradient_checkpointing=false data.batch_size=4 data.max_seq_len=256",
 ]
 

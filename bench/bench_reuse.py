@@ -1,6 +1,6 @@
 """Per-trial overhead of a sweep worker: reloading every trial (before) against reuse (after), in one run.
 
-    .venv/bin/python bench/bench_reuse.py --out BENCHMARKS.md      # 6 trials x 30 steps on model=base
+    .venv/bin/python bench/bench_reuse.py --out BENCHMARKS.md      # 6 trials x 30 steps on model=toy
     .venv/bin/python bench/bench_reuse.py --trials 3 --steps 10     # a quick look
 
 The sweeps run the real entry point (`python -m sweeplab.train --multirun hparams_search=qlora`, one
@@ -28,12 +28,13 @@ from benchmarks_md import cpu_name, replace_section  # bench/ is sys.path[0] whe
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_reuse:start -->", "<!-- bench_reuse:end -->"
-# What bench_sweep.py runs on model=base: decoding-based scoring off, so wall time is training.
+# What bench_sweep.py runs on model=toy: decoding-based scoring off, so wall time is training.
 COMMON = [
-    "model=base",
+    "model=toy",
     "model.gradient_checkpointing=false",
     "data.batch_size=4",
     "data.n_val=32",
+    "data.packing=false",
     "logger=none",
     "trainer.enable_progress_bar=false",
     "eval.n_generate=0",
@@ -95,7 +96,7 @@ def table(rows: list[dict], trials: int, steps: int) -> str:
         START,
         "## Per-trial overhead: before vs after keeping the base (bench/bench_reuse.py)",
         "",
-        f"`hparams_search=qlora` on `model=base` ({trials} trials x {steps} steps, one worker, pruner none, "
+        f"`hparams_search=qlora` on `model=toy` ({trials} trials x {steps} steps, one worker, pruner none, "
         "no W&B, no decoding), the modes one after another in one run on the same sampler seed. startup = "
         "Optuna's trial start to the trial's first optimizer step (bench/first_step.py, the same clock for "
         "all); overhead = sum of startups / sum of trial wall times; the last column stops the clock at the "

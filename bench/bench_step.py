@@ -88,7 +88,7 @@ def bare_step(rc: RunConfig, model_dir: str, batches: list, warmup: int) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="base", help="model config choice (base, tiny, ...)")
+    parser.add_argument("--model", default="toy", help="model config choice (toy, tiny, base, ...)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=6)
@@ -99,7 +99,10 @@ def main() -> None:
 
     with initialize_config_dir(config_dir=str(ROOT / "conf")):
         rc = validate(
-            compose("train", overrides=[f"model={args.model}", "logger=none", "data.max_seq_len=256"])
+            compose(
+                "train",
+                overrides=[f"model={args.model}", "logger=none", "data.max_seq_len=256", "data.batch_size=8"],
+            )
         )
     model_dir = resolve_model_dir(rc.model, rc.paths.cache_dir)
     tokenizer = load_tokenizer(model_dir)

@@ -45,19 +45,27 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_sweep:start -->", "<!-- bench_sweep:end -->"
 TOLERANCE = 0.01
 COMMON = ["logger=none", "trainer.enable_progress_bar=false", "eval.n_generate=0", "eval.test=false"]
-# Two landscapes: a 2-layer toy and the 4-layer embedded base (4.5M parameters), both on the default
-# tool-call chats. base drops gradient checkpointing and halves the batch so a trial takes ~15 s here.
+# Two landscapes: a 2-layer toy and the 4-layer embedded toy base (4.5M parameters), both on the
+# default tool-call chats, padded (the defaults these were measured with before the default run moved
+# to SmolLM2: packing off, lr searched). toy drops gradient checkpointing and halves the batch so a
+# trial takes ~15 s here.
 PROBLEMS = {
-    "tiny": {"trials": 20, "max_steps": 50, "val_every": 10, "overrides": ["model=tiny", "data.n_val=64"]},
-    "base": {
+    "tiny": {
+        "trials": 20,
+        "max_steps": 50,
+        "val_every": 10,
+        "overrides": ["model=tiny", "data.n_val=64", "data.batch_size=8", "data.packing=false"],
+    },
+    "toy": {
         "trials": 16,
         "max_steps": 30,
         "val_every": 10,
         "overrides": [
-            "model=base",
+            "model=toy",
             "model.gradient_checkpointing=false",
             "data.batch_size=4",
             "data.n_val=32",
+            "data.packing=false",
         ],
     },
 }
@@ -252,7 +260,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update")
     args = parser.parse_args()
     problems = []
-    for spec in args.problem or ["tiny", "base"]:
+    for spec in args.problem or ["tiny", "toy"]:
         name, _, overrides = spec.partition("=")
         if overrides:
             PROBLEMS[name] = {"trials": 16, "max_steps": 30, "val_every": 10, "overrides": overrides.split()}
@@ -320,7 +328,7 @@ def write_section(args: argparse.Namespace, sections: list[str], minutes: float)
 ## Sweep: compute to reach random search's best
 
 `python bench/bench_sweep.py --seeds {args.seeds} --methods {args.methods}`
-({", ".join(args.problem or ["tiny", "base"])}; the method definitions are in the script's docstring).
+({", ".join(args.problem or ["tiny", "toy"])}; the method definitions are in the script's docstring).
 Compute is in optimizer steps at a fixed batch, pruned and failed trials included, as a fraction
 of random search's whole budget; each figure is the median over {args.seeds} seeds. "compute to
 random's bar" is the headline: the compute until a complete trial is as good as random search's

@@ -1,7 +1,7 @@
 """Useful tokens/s and val loss, sweeplab vs TRL's SFTTrainer: same 4-bit model, LoRA, chats, batch, epoch.
 
     .venv/bin/python bench/bench_trl.py --out BENCHMARKS.md              # smollm2-135m; `make bench-trl`
-    .venv/bin/python bench/bench_trl.py --model base --steps 20 --rounds 3   # seconds per arm: overhead only
+    .venv/bin/python bench/bench_trl.py --model toy --steps 20 --rounds 3   # seconds per arm: overhead only
 
 Every arm of a round trains one epoch over the same chats (steps x batch of them, drawn and shuffled by
 the round's seed), in that order, so all arms process the same useful tokens and their val losses compare
@@ -397,7 +397,7 @@ trl {trl.__version__}; measured {time.strftime("%Y-%m-%d")}.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", default="smollm2-135m", help="model config choice (smollm2-135m, base, tiny)"
+        "--model", default="smollm2-135m", help="model config choice (smollm2-135m, toy, tiny)"
     )
     parser.add_argument("--steps", type=int, default=8, help="padded steps per epoch (the first is untimed)")
     parser.add_argument("--rounds", type=int, default=3)

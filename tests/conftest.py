@@ -46,6 +46,7 @@ TINY = [
     "data.n_val=24",
     "data.max_seq_len=160",
     "data.batch_size=8",
+    "data.packing=false",  # as the tests were written; packing has its own (test_packing.py)
     "trainer.max_steps=24",
     "trainer.val_every_n_steps=8",
     "trainer.enable_progress_bar=false",

@@ -46,7 +46,7 @@ def test_every_group_choice_validates(override: str) -> None:
 
 def test_required_presets_exist() -> None:
     assert {"r8", "r16", "r32", "r64"} <= set(choices("lora"))
-    presets = {"base", "tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b", "smollm2-360m"}
+    presets = {"base", "toy", "tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b"}
     assert presets <= set(choices("model"))
     for rank in (8, 16, 32, 64):
         lora = validate(make_cfg(f"lora=r{rank}")).lora
@@ -56,8 +56,9 @@ def test_required_presets_exist() -> None:
 def test_default_is_base_r16_and_experiment_overrides_groups() -> None:
     cfg = make_cfg()
     assert cfg.hydra.runtime.choices.model == "base" and cfg.hydra.runtime.choices.lora == "r16"
-    quick = validate(make_cfg("experiment=toolcall_quick"))
-    assert quick.lora.r == 8 and quick.trainer.max_steps < validate(cfg).trainer.max_steps
+    assert validate(cfg).model.gguf.file == "SmolLM2-135M-Instruct.Q4_1.gguf"  # base: the real model
+    quick = make_cfg("experiment=toolcall_quick")
+    assert quick.hydra.runtime.choices.model == "toy" and validate(quick).lora.r == 8
 
 
 @pytest.mark.parametrize("name", sorted(TARGET_SETS))
@@ -77,7 +78,7 @@ def test_named_target_sets(name: str) -> None:
         (["trainer.precision=fp8"], "trainer.precision"),
         (["trainer.max_steps=0"], "trainer.max_steps"),
         (["data.batch_size=two"], "data.batch_size"),
-        (["model.embedded.num_heads=3"], "model.embedded"),
+        (["model=toy", "model.embedded.num_heads=3"], "model.embedded"),
         (["model.name_or_path=some/model"], "model.name_or_path"),
         (["data=jsonl", "data.path=null"], "data.path"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch"),

@@ -93,7 +93,7 @@ def test_multirun_prints_one_row_per_configuration() -> None:
         (["lora.rank=8"], "lora.rank"),
         (["+lora.rank=8"], "lora.rank is not a key"),
         (["lora.r=4,8"], "add --multirun"),
-        (["lora.layers_to_transform=[-9]"], "out of range"),  # the embedded base has 4 layers
+        (["model=toy", "lora.layers_to_transform=[-9]"], "out of range"),  # the toy base has 4 layers
         (["--multirun", "hparams_search=qlora"], "comma lists"),
     ],
 )

@@ -132,12 +132,12 @@ def useful_fraction(rows: list, collate, batch_size: int) -> float:
 def test_packing_fills_rows_on_the_default_data(hermetic_cache: Path) -> None:
     """In the order training sees them (train.fit's sampler), at the default rows of 256 tokens.
 
-    Most chats (> 85 tokens with model=base) go at most two to a row, so row lengths vary: padding every
+    Most chats (> 85 tokens with model=toy) go at most two to a row, so row lengths vary: padding every
     row to 256 kept 0.87 useful; batching rows by length and padding to the batch's longest keeps >= 0.95.
     """
     rc = validate(
-        make_cfg("data.max_seq_len=256")
-    )  # the defaults (2000 chats, model=base, batch 8), rows of 256
+        make_cfg("model=toy", "data.max_seq_len=256", "data.batch_size=8")
+    )  # the default 2000 chats, rows of 256
     recipe = rc.model.embedded
     tokenizer = build_tokenizer(corpus_text(recipe.corpus_chars), recipe.vocab_size)  # base's, unpretrained
     train, _, _ = build_datasets(rc.data, tokenizer, hermetic_cache)
@@ -176,12 +176,13 @@ def test_group_by_length_with_packing_is_refused() -> None:
 @pytest.mark.parametrize("other", ["packing", "group_by_length"])
 def test_padding_free_with_another_way_to_drop_padding_is_refused(other: str) -> None:
     with pytest.raises(Exception, match=f"data.padding_free and data.{other} both drop padding"):
-        validate(make_cfg("data.padding_free=true", f"data.{other}=true"))
+        validate(make_cfg("data.packing=false", "data.padding_free=true", f"data.{other}=true"))
 
 
 @pytest.mark.parametrize("data", ["data.packing=true", "data.group_by_length=true", "data.padding_free=true"])
 def test_a_run_stores_its_useful_fraction(tmp_path: Path, data: str) -> None:
-    result = run_train(*TINY, data, "run_name=p", output_root=tmp_path)
+    packing = "data.packing=true" if data == "data.packing=true" else "data.packing=false"
+    result = run_train(*TINY, packing, data, "run_name=p", output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "p" / "metrics.json").read_text())
     assert 0.5 < metrics["data/useful_fraction"] <= 1.0

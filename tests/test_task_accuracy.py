@@ -48,9 +48,9 @@ def test_smollm2_loads_trains_two_steps_and_scores_eight_chats(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_base_run_selected_by_tool_exact_beats_the_base_on_test(tmp_path: Path) -> None:
-    """objective.metric=val/tool_exact on the embedded base: the adapter writes tool calls, the base none."""
+    """objective.metric=val/tool_exact on the toy base: the adapter writes tool calls, the base none."""
     result = run_train(
-        "model=base",
+        "model=toy",
         *QUICK,
         "objective.metric=val/tool_exact",
         "optim.lr=3e-3",

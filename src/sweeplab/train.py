@@ -1,6 +1,6 @@
 """One QLoRA run: validate -> build -> fit -> write outputs -> return the objective (default best val/loss).
 
-python -m sweeplab.train                                  # model=base lora=r16, W&B offline
+python -m sweeplab.train                                  # model=base (SmolLM2-135M-Instruct) lora=r16
 python -m sweeplab.train model=base lora=r16 optim.lr=3e-4 trainer.max_steps=200
 python -m sweeplab.train experiment=toolcall_quick
 """

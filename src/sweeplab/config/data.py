@@ -37,7 +37,7 @@ class DataConfig(Schema):
     # The padded batches, each collated into one row of its chats (position_ids restarting per chat): the
     # same batches, loss and gradients as padded training, with no pad token computed. Validation is padded.
     # The row holds the whole batch: attention (and sdpa's row x row mask) grows with its square, so small
-    # models or big batches gain less (model=base: as fast as padded); packing keeps rows at max_seq_len.
+    # models or big batches gain less (model=toy: as fast as padded); packing keeps rows at max_seq_len.
     padding_free: bool = False
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
-"""The embedded default base: a small Llama with a ChatML tokenizer, built and pre-trained locally once.
+"""The embedded toy bases (model=toy, model=tiny): small Llamas with a ChatML tokenizer, built and
+pre-trained locally once.
 
-No model hub is reachable where sweeplab is built and tested, so `model=base` is made here from
+No model hub is reachable where sweeplab is built and tested, so `model=toy` is made here from
 text that ships with CPython, cached under a key derived from its recipe, and saved in the same
 layout as a hub checkpoint so the rest of the pipeline loads it with `from_pretrained`.
 """
