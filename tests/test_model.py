@@ -138,7 +138,9 @@ def test_dora_trains_a_magnitude_per_output_row(tiny_dir: str) -> None:
 
 def test_loraplus_speeds_up_every_b_matrix_of_the_model(tiny_dir: str) -> None:
     model = tiny_model(tiny_dir, "lora.use_dora=true")
-    optim = validate(make_cfg("model=tiny", "optim.loraplus_lr_ratio=8", "optim.lr=1e-3", "optim.warmup_steps=0")).optim
+    optim = validate(
+        make_cfg("model=tiny", "optim.loraplus_lr_ratio=8", "optim.lr=1e-3", "optim.warmup_steps=0")
+    ).optim
     optimizer = QLoRAModule(model, optim, max_steps=10).configure_optimizers()["optimizer"]
     lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
