@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -249,6 +250,25 @@ def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(
     assert retry.params == trials[1].params
     job_log = (faulted_sweep.out / "sweeps" / "faults" / str(retry.number) / "train.log").read_text()
     assert "Restored all states from the checkpoint" in job_log
+
+
+@pytest.mark.slow
+def test_a_worker_started_during_a_restart_waits_for_the_server(postgres: Server) -> None:
+    """A worker's storage check rides out an outage (its main process reached the server a moment
+    ago); a user's command still fails at once on a server that does not answer."""
+    from hydra_plugins.sweeplab_sweeper.checks import storage_problem
+
+    postgres.ctl("stop", "-m", "fast")
+    back = threading.Timer(2.0, postgres.ctl, ["start"])
+    try:
+        assert "cannot connect" in storage_problem(postgres.url)
+        back.start()
+        assert storage_problem(postgres.url, timeout=60) is None
+    finally:
+        if back.ident is None:  # the first check failed before the timer was started
+            postgres.ctl("start")
+        else:
+            back.join()
 
 
 def _flaky(failures: int) -> Callable[[], str]:

@@ -474,7 +474,10 @@ class SweeplabSweeper(Sweeper):
             "invalid sweeper config", apps.multi_objective_problems(impl.extra, impl._get_directions())
         )
         url = default_storage(impl.storage, Path(impl.sweep_dir))
-        checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
+        # A worker's storage answered its main process a moment ago: failing now is an outage (a server
+        # restart) to ride out like any later storage call. A user's command fails fast on a wrong URL.
+        wait = impl.storage_timeout if os.environ.get(WORKER_ENV) else 0
+        checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url, wait)] if p])
         launcher = impl.config.hydra.launcher
         checks.fail(
             "cannot run the workers as jobs", checks.cluster_problems(impl.cluster, url, launcher, impl.wait)
