@@ -320,3 +320,22 @@ def test_errors_other_than_a_lost_connection_are_not_retried() -> None:
     with pytest.raises(KeyError):
         storage_retry.call_with_retry(broken, "sqlite:///x.db", timeout=30)
     assert calls == [1]
+
+
+def test_a_query_after_a_lost_connection_in_the_same_transaction_is_retried() -> None:
+    """optuna's _get_trials falls back to a second query when the first fails; after a server restart
+    that one raises PendingRollbackError, whose context is the lost connection."""
+    import sqlalchemy.exc
+
+    from sweeplab.sweep.storage_retry import transient
+
+    def failed_within(first: Exception) -> optuna.exceptions.StorageInternalError:
+        again = sqlalchemy.exc.PendingRollbackError("Can't reconnect until the transaction is rolled back")
+        again.__context__ = first  # raised while handling the first, as Python chains it
+        error = optuna.exceptions.StorageInternalError("commit failed")
+        error.__cause__ = again
+        return error
+
+    lost = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("terminating connection"))
+    assert transient(failed_within(lost))
+    assert not transient(failed_within(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup"))))
