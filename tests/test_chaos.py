@@ -8,6 +8,7 @@ to completion twice, every cut-off trial failed with its kind and went on from i
 
 The schedule comes from SWEEPLAB_CHAOS_SEED (printed first): `SWEEPLAB_CHAOS_SEED=N pytest
 tests/test_chaos.py -s` replays a failure's schedule (the faults land on whatever trial is running).
+Measured on 2 cores shared with other jobs (load 5-7): 2-4.5 minutes (seeds 20261205, 1, 77).
 """
 
 from __future__ import annotations
