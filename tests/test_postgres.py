@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -251,6 +252,25 @@ def test_a_long_outage_ends_the_sweep_cleanly_and_the_rerun_resumes(
     assert "Restored all states from the checkpoint" in job_log
 
 
+@pytest.mark.slow
+def test_a_worker_started_during_a_restart_waits_for_the_server(postgres: Server) -> None:
+    """A worker's storage check rides out an outage (its main process reached the server a moment
+    ago); a user's command still fails at once on a server that does not answer."""
+    from hydra_plugins.sweeplab_sweeper.checks import storage_problem
+
+    postgres.ctl("stop", "-m", "fast")
+    back = threading.Timer(2.0, postgres.ctl, ["start"])
+    try:
+        assert "cannot connect" in storage_problem(postgres.url)
+        back.start()
+        assert storage_problem(postgres.url, timeout=60) is None
+    finally:
+        if back.ident is None:  # the first check failed before the timer was started
+            postgres.ctl("start")
+        else:
+            back.join()
+
+
 def _flaky(failures: int) -> Callable[[], str]:
     """Fails like a restarting server `failures` times, then answers."""
     import sqlalchemy.exc
@@ -300,3 +320,22 @@ def test_errors_other_than_a_lost_connection_are_not_retried() -> None:
     with pytest.raises(KeyError):
         storage_retry.call_with_retry(broken, "sqlite:///x.db", timeout=30)
     assert calls == [1]
+
+
+def test_a_query_after_a_lost_connection_in_the_same_transaction_is_retried() -> None:
+    """optuna's _get_trials falls back to a second query when the first fails; after a server restart
+    that one raises PendingRollbackError, whose context is the lost connection."""
+    import sqlalchemy.exc
+
+    from sweeplab.sweep.storage_retry import transient
+
+    def failed_within(first: Exception) -> optuna.exceptions.StorageInternalError:
+        again = sqlalchemy.exc.PendingRollbackError("Can't reconnect until the transaction is rolled back")
+        again.__context__ = first  # raised while handling the first, as Python chains it
+        error = optuna.exceptions.StorageInternalError("commit failed")
+        error.__cause__ = again
+        return error
+
+    lost = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("terminating connection"))
+    assert transient(failed_within(lost))
+    assert not transient(failed_within(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup"))))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -45,3 +46,30 @@ def test_only_the_named_messages_are_silenced(caplog) -> None:
         ops.warning("another bitsandbytes warning")
     assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
     assert len(ops.filters) == 1  # installing twice adds no second filter
+
+
+def test_a_pruned_or_interrupted_job_leaves_no_traceback_in_its_log_file(tmp_path: Path) -> None:
+    """Hydra logs "Job failed" with the exception to the job's log file; a crash keeps its traceback."""
+    import optuna
+
+    from sweeplab.errors import Interrupted
+    from sweeplab.quiet import quiet_job_stops
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        quiet_job_stops()
+        stops = [optuna.TrialPruned("pruned at step 4"), Interrupted("SIGTERM at step 2")]
+        for exc in [*stops, ValueError("x")]:
+            try:
+                raise exc
+            except Exception:  # noqa: BLE001 - logged as Hydra's run_job logs a job's exception
+                record = logging.getLogger("hydra.core.utils").makeRecord(
+                    "hydra.core.utils", logging.ERROR, __file__, 0, "Job failed", (), sys.exc_info()
+                )
+                handler.handle(record)  # Hydra calls the file handlers directly
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    text = (tmp_path / "train.log").read_text()
+    assert text.count("Traceback") == 1 and "ValueError: x" in text and "Pruned" not in text

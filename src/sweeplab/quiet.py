@@ -45,3 +45,25 @@ def quiet_library_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessage) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(DropMessage(prefix))
+
+
+class DropStopTraceback(logging.Filter):
+    """Hydra writes "Job failed" and a traceback to the job's log file for any exception its job raises.
+    A pruned trial (optuna.TrialPruned) and a stop on a signal (sweeplab's Interrupted, resumed by the
+    rerun) are no failures: the job's own lines say what happened, and a traceback reads like a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from sweeplab.errors import Interrupted
+
+        exc = record.exc_info[1] if record.exc_info else None
+        stopped = isinstance(exc, Interrupted) or type(exc).__name__ == "TrialPruned"
+        return not (stopped and record.getMessage() == "Job failed")
+
+
+def quiet_job_stops() -> None:
+    """On the job's log files; Hydra sets them up per job, so each job calls this."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and not any(
+            isinstance(f, DropStopTraceback) for f in handler.filters
+        ):
+            handler.addFilter(DropStopTraceback())

@@ -27,7 +27,7 @@ from sweeplab import reuse
 from sweeplab.config import CONF_DIR, RunConfig, validate
 from sweeplab.errors import ConfigError, DataError, DataLoaderFailed, Interrupted, OutOfMemory, SweeplabError
 from sweeplab.outputs import quiet_log_write_errors
-from sweeplab.quiet import quiet_library_noise
+from sweeplab.quiet import quiet_job_stops, quiet_library_noise
 from sweeplab.secrets import install_log_redaction, redact, redact_text
 from sweeplab.sweep.task import sweeplab_task
 from sweeplab.training.ranks import is_rank_zero, trial_ranks
@@ -242,6 +242,7 @@ _MODULES: weakref.WeakSet = weakref.WeakSet()  # every QLoRAModule fit built; a 
 def run(cfg: DictConfig) -> float | tuple[float, ...]:
     install_log_redaction()  # Hydra set up this job's log handlers just before calling us
     quiet_library_noise()
+    quiet_job_stops()
     sys.argv[:] = [redact_text(a) for a in sys.argv]  # W&B records argv in every run's metadata
     rc = validate(cfg)
     hydra_cfg = HydraConfig.get()

@@ -23,6 +23,7 @@ from hydra_plugins.sweeplab_sweeper.grid import grid_problems
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
 from sweeplab.sweep.pruners import PRUNER_WHITELIST, build_pruner, pruner_arguments, pruner_node
+from sweeplab.sweep.storage_retry import call_with_retry
 from sweeplab.trust import resolve_target
 
 STORAGES = (
@@ -337,8 +338,9 @@ def config_problems(config: DictConfig, direction: Any = "auto") -> list[str]:
     return []
 
 
-def storage_problem(url: str) -> str | None:
-    """Parse, load the driver and (for servers) connect once; never print a password."""
+def storage_problem(url: str, timeout: float = 0) -> str | None:
+    """Parse, load the driver and (for servers) connect once, or for up to `timeout` s while the server
+    is unreachable; never print a password."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -361,9 +363,13 @@ def storage_problem(url: str) -> str | None:
         return f"{where}: the driver for {parsed.drivername!r} is not installed ({exc}); {STORAGES}"
     connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
     engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
-    try:
+
+    def connect() -> None:
         with engine.connect():
             pass
+
+    try:
+        call_with_retry(connect, url, timeout) if timeout else connect()
     except Exception as exc:  # noqa: BLE001 - every driver has its own errors; the message is what matters
         reason = _oneline(getattr(exc, "orig", None) or exc)
         if parsed.password:

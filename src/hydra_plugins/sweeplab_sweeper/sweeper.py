@@ -9,6 +9,7 @@ command that submits workers as cluster jobs and waits for them in cluster.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,6 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     note_storage_lost,
     outcome,
     quiet_optuna,
-    raise_interrupt,
     release_memory,
     shown_values,
 )
@@ -127,6 +128,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
         self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
         self.keep_checkpoints = extra["keep_checkpoints"]
+        self.received: list[int] = []  # the SIGTERM this process got, if any
+        self.deferring = False  # in a storage section that a SIGTERM must not cut (on_sigterm)
         self.extra = extra
         # sweeplab's training task (its checks, phases and W&B grouping), or any other Hydra app
         self.own_task = True
@@ -262,16 +265,21 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             if os.environ.get(WORKER_ENV)
             else cluster.local_workers(self.config, sweep_dir, self.n_jobs, study.study_name)
         )
-        received: list[int] = []
+        self.received.clear()
+        self.deferring = False
         previous = None
         if threading.current_thread() is threading.main_thread():
             # SIGTERM (SLURM, Kubernetes) outside a training step: stop like Ctrl-C, not die at once
             # with the workers left running. Inside a step, GracefulStop takes both signals over.
-            previous = signal.signal(signal.SIGTERM, lambda signum, frame: raise_interrupt(received, signum))
+            previous = signal.signal(signal.SIGTERM, self.on_sigterm)
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
+            if self.received:  # it came in a storage section, which ended the loop
+                raise KeyboardInterrupt
+            for worker in workers:  # in the try: a SIGTERM while they finish their trials stops them too
+                worker.wait()
         except (SweepInterrupted, KeyboardInterrupt) as stop:
-            sig = signal.SIGTERM if received or "SIGTERM" in str(stop) else signal.SIGINT
+            sig = signal.SIGTERM if self.received or "SIGTERM" in str(stop) else signal.SIGINT
             for worker in workers:  # their own sessions: the signal reached this process only
                 if worker.poll() is None:
                     worker.send_signal(sig)
@@ -303,7 +311,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
         max_steps = self.max_steps
         while True:
-            with lock() as held:
+            if self.received:  # a SIGTERM came while the last trial was stored: stop before the next
+                raise SweepInterrupted("SIGTERM")
+            with self.signals_deferred(), lock() as held:
                 fail_lost_trials(study, self.max_retries)
                 trials = study.get_trials(deepcopy=False)
                 retention.apply(trials, self.keep_checkpoints, list(study.directions), self.max_retries)
@@ -355,6 +365,24 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             if LOST.is_set():  # the heartbeat gave up after the trial had ended
                 raise LOST_ERROR[0]
 
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """Stop at once (a job being set up, workers being waited for), but not inside a storage
+        section (ask and claim, the tell): cut there, a trial stays RUNNING, and the rerun calls it
+        killed and spends a retry on it. Such a section ends, then the loop stops (self.received)."""
+        if self.received:
+            return  # one is enough: the first is being handled
+        self.received.append(signum)
+        if not self.deferring:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def signals_deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
     def stop_for_failures(self, failures: list[optuna.trial.FrozenTrial]) -> None:
         """Upstream raises the failing job's error; here its reason goes to stderr with the rule."""
         if self.max_failures_cfg is not None:
@@ -394,15 +422,25 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         heart.start()
         try:
+            if self.received:  # it came while this trial was asked: the trial never starts
+                raise KeyboardInterrupt
             [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
         except (KeyboardInterrupt, SystemExit) as exc:  # stopped outside a training step
             self.stop_trial(study, trial, f"interrupted ({type(exc).__name__})")
             raise SweepInterrupted(f"trial {trial.number} interrupted") from None
         finally:
+            self.deferring = True  # the job has ended: its trial is stored before a SIGTERM stops us
             beating.set()
             heart.join()
-        state, values, reason, kind = outcome(ret, len(study.directions))
-        del ret
+        try:
+            result = outcome(ret, len(study.directions))
+            del ret  # the job's exception holds its frames, and with them its model
+            self.store(study, storage, trial, *result)
+        finally:
+            self.deferring = False
+
+    def store(self, study: optuna.Study, storage, trial: optuna.Trial, state, values, reason, kind) -> None:
+        """What the job's end means for its trial, told to the study; a stop or a lost storage raises."""
         release_memory()
         if kind == "storage":  # last.ckpt saved; the trial stays RUNNING and the rerun resumes it
             raise LOST_ERROR[0] if LOST_ERROR else StorageUnreachable(storage.url, self.storage_timeout)
@@ -474,7 +512,10 @@ class SweeplabSweeper(Sweeper):
             "invalid sweeper config", apps.multi_objective_problems(impl.extra, impl._get_directions())
         )
         url = default_storage(impl.storage, Path(impl.sweep_dir))
-        checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url)] if p])
+        # A worker's storage answered its main process a moment ago: failing now is an outage (a server
+        # restart) to ride out like any later storage call. A user's command fails fast on a wrong URL.
+        wait = impl.storage_timeout if os.environ.get(WORKER_ENV) else 0
+        checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url, wait)] if p])
         launcher = impl.config.hydra.launcher
         checks.fail(
             "cannot run the workers as jobs", checks.cluster_problems(impl.cluster, url, launcher, impl.wait)

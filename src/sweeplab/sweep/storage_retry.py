@@ -59,6 +59,10 @@ def transient(exc: BaseException) -> bool:
     """A lost or refused connection; not a bug, a constraint or a missing row."""
     if isinstance(exc, optuna.exceptions.StorageInternalError):
         exc = exc.__cause__ or exc
+    if isinstance(exc, sqlalchemy.exc.PendingRollbackError) and exc.__context__ is not None:
+        # A second query in the transaction a lost connection broke (optuna's _get_trials falls back to
+        # one): the first error says what happened. optuna rolled the session back, so a retry is clean.
+        return transient(exc.__context__)
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
