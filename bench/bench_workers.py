@@ -219,6 +219,7 @@ def probes(probe_dir: Path) -> dict:
         "held_s": sum(held),
         "held_median_s": statistics.median(held) if held else 0.0,
         "held_last_quarter_median_s": statistics.median(last),
+        "held_last_quarter_mean_s": statistics.fmean(last),
     }
 
 
@@ -242,6 +243,7 @@ def run_arm(url: str, workers: int, args: argparse.Namespace) -> dict:
     subprocess.run(["rm", "-rf", str(workdir)], check=True)
     workdir.mkdir(parents=True)
     sampler = ConnectionSampler(engine, database)
+    load_before = os.getloadavg()[0]  # other work on the machine shares the cores with the workers
     sampler.start()
     try:
         wall = run_sweep(
@@ -258,6 +260,7 @@ def run_arm(url: str, workers: int, args: argparse.Namespace) -> dict:
         "reports": args.reports,
         "heartbeat_interval": HEARTBEAT_INTERVAL,
         "wall_s": wall,
+        "load_1min": [load_before, os.getloadavg()[0]],
         "states": study_states(arm_url, "sleep"),
         "connections": sampler.summary(),
         "server": server_counters(engine, database),
@@ -297,7 +300,7 @@ def per_trial(r: dict) -> dict:
         "heartbeat_ms": get("heartbeat", "ms") / n,
         "lock_wait_s": lock["wait_s"] / n,
         "lock_held_s": lock["held_s"] / n,  # lock seconds per trial: the serial part of the sweep
-        "lock_held_late_s": lock["held_last_quarter_median_s"],
+        "lock_held_late_s": lock["held_last_quarter_mean_s"],
         "locks": lock["locks"] / n,
         "sweeper_s": (worker_s - r["trials"] * r["seconds"]) / n,  # every worker-second not spent sleeping
         "gap_s": r["work"]["gap_median_s"],
@@ -335,27 +338,45 @@ def table(results: list[dict]) -> list[str]:
     return rows
 
 
+RESERVED_CONNECTIONS = 3  # superuser_reserved_connections: not for the workers
+
+
 def estimate(results: list[dict]) -> list[str]:
     """On paper: workers one PostgreSQL carries for trials of 5 min and 1 h, from the largest arm."""
     r = max(results, key=lambda r: r["workers"])
     p = per_trial(r)
     beat_ms = p["heartbeat_ms"]  # one beat per trial here (at its start)
-    fixed_ms = p["server_ms"] - beat_ms
-    # Lock seconds per trial once running (one lock a trial; the study 150-200 trials full): only one
-    # worker at a time may hold it, whatever the server's cores.
+    # Statements, plus each new session's handshake at its measured (client-side, so upper) cost.
+    handshake_ms = p["sessions"] * r["limits"]["connect_ms"]
+    fixed_ms = p["server_ms"] - beat_ms + handshake_ms
+    # Lock seconds per trial once running (one section a trial, the study 150-200 trials full): only
+    # one worker at a time holds it, whatever the server's cores.
     held = p["lock_held_late_s"]
     cores = os.cpu_count() or 1
+    per_worker = r["connections"]["held_max"] / r["workers"]
+    slots = r["limits"]["max_connections"] - RESERVED_CONNECTIONS
+    by_connections = slots / per_worker
     lines = [
-        f"From the {r['workers']}-worker arm ({r['trials']} trials in one study): the server worked "
-        f"{fixed_ms:.1f} ms per trial plus {beat_ms:.2f} ms per heartbeat "
-        f"(pg_stat_statements execution + planning time, lock waits left out), and each trial held the "
-        f"study lock {held * 1000:.0f} ms (median over the arm's last quarter of locks; "
-        f"{p['lock_held_s'] * 1000:.0f} ms per trial over the whole arm, start-up included) for the "
-        "fail-stale check, the count and the ask, while the others wait. Two limits:",
+        f"From the {r['workers']}-worker arm ({r['trials']} trials in one study), three limits:",
         "",
-        "| trial length | heartbeats / trial | server ms / trial | workers at 50% of "
-        f"{cores} server cores | workers at 50% of the study lock |",
-        "|---|---:|---:|---:|---:|",
+        f"- **server CPU**: per trial {p['server_ms'] - beat_ms:.1f} ms of statements (pg_stat_statements "
+        f"execution + planning, lock waits left out) + {p['sessions']:.1f} new sessions x "
+        f"{r['limits']['connect_ms']:.1f} ms = {fixed_ms:.1f} ms, plus {beat_ms:.2f} ms per heartbeat "
+        f"(one every {HEARTBEAT_INTERVAL} s); workers at 50% of the server's {cores} cores = "
+        "0.5 x cores x trial length / server time per trial.",
+        f"- **the study lock**: each trial held it {held * 1000:.0f} ms (mean over the arm's last quarter "
+        f"of sections; {p['lock_held_s'] * 1000:.0f} ms per trial over the whole arm, start-up included) "
+        "for the fail-stale check, the count and the ask; one worker at a time, so at 50% busy: "
+        "0.5 x trial length / lock time per trial.",
+        f"- **connections**: {r['connections']['held_max']} held at most by {r['workers']} workers = "
+        f"{per_worker:.1f} per worker (the sweeper's pool and heartbeat, the trial's own storage, the lock's "
+        f"session); max_connections {r['limits']['max_connections']} - {RESERVED_CONNECTIONS} reserved = "
+        f"{slots} / {per_worker:.1f} = **{by_connections:.0f} workers**, whatever the trial length "
+        "(raise max_connections, or put PgBouncer in front, beyond that).",
+        "",
+        "| trial length | heartbeats / trial | server ms / trial | workers by server CPU "
+        "| workers by the study lock | workers by connections |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, seconds in (("5 min", 300), ("1 h", 3600)):
         beats = 1 + seconds // HEARTBEAT_INTERVAL
@@ -364,8 +385,8 @@ def estimate(results: list[dict]) -> list[str]:
         by_lock = 0.5 * seconds / held
         lines.append(
             f"| {label} | {beats} | {fixed_ms:.1f} + {beats} x {beat_ms:.2f} = {server_ms:.1f} | "
-            f"0.5 x {cores} x {seconds} s / {server_ms / 1000:.4f} s = {by_server:,.0f} | "
-            f"0.5 x {seconds} s / {held:.3f} s = {by_lock:,.0f} |"
+            f"0.5 x {cores} x {seconds} s / {server_ms / 1000:.3f} s = {by_server:,.0f} | "
+            f"0.5 x {seconds} s / {held:.3f} s = {by_lock:,.0f} | {by_connections:.0f} |"
         )
     return lines
 
