@@ -316,8 +316,8 @@ def table(results: list[dict]) -> list[str]:
     rows = [
         "| workers | trials/min (ideal) | of ideal | round trips / trial | server ms / trial "
         "| sessions / trial | connections held max (mean) | sweeper s / trial (gap median) "
-        "| lock wait s (held s) / trial | wall s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| lock wait s (held s) / trial | lock busy | wall s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         p = per_trial(r)
@@ -332,6 +332,7 @@ def table(results: list[dict]) -> list[str]:
             f"{c['held_max']} ({c['held_mean']:.1f})",
             f"{p['sweeper_s']:.2f} ({p['gap_s']:.2f})",
             f"{p['lock_wait_s']:.3f} ({p['lock_held_s']:.3f})",
+            f"{100 * r['lock']['held_s'] / r['wall_s']:.0f}%",  # of the wall time, someone held it
             f"{r['wall_s']:.0f}",
         ]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -350,8 +351,10 @@ def estimate(results: list[dict]) -> list[str]:
     handshake_ms = p["sessions"] * r["limits"]["connect_ms"]
     fixed_ms = p["server_ms"] - beat_ms + handshake_ms
     # Lock seconds per trial once running (one section a trial, the study 150-200 trials full): only
-    # one worker at a time holds it, whatever the server's cores.
-    held = p["lock_held_late_s"]
+    # one worker at a time holds it, whatever the server's cores. Its time is the worker's own CPU work
+    # (Optuna's ask over every trial): alone (the 1-worker arm) and sharing the cores (the largest arm).
+    alone = min(results, key=lambda r: r["workers"])
+    held_alone, held = per_trial(alone)["lock_held_late_s"], p["lock_held_late_s"]
     cores = os.cpu_count() or 1
     per_worker = r["connections"]["held_max"] / r["workers"]
     slots = r["limits"]["max_connections"] - RESERVED_CONNECTIONS
@@ -364,10 +367,11 @@ def estimate(results: list[dict]) -> list[str]:
         f"{r['limits']['connect_ms']:.1f} ms = {fixed_ms:.1f} ms, plus {beat_ms:.2f} ms per heartbeat "
         f"(one every {HEARTBEAT_INTERVAL} s); workers at 50% of the server's {cores} cores = "
         "0.5 x cores x trial length / server time per trial.",
-        f"- **the study lock**: each trial held it {held * 1000:.0f} ms (mean over the arm's last quarter "
-        f"of sections; {p['lock_held_s'] * 1000:.0f} ms per trial over the whole arm, start-up included) "
-        "for the fail-stale check, the count and the ask; one worker at a time, so at 50% busy: "
-        "0.5 x trial length / lock time per trial.",
+        f"- **the study lock**: each trial held it {held * 1000:.0f} ms here (mean over the arm's last "
+        f"quarter of sections; {p['lock_held_s'] * 1000:.0f} ms per trial over the whole arm, start-up "
+        f"included), {held_alone * 1000:.0f} ms in the {alone['workers']}-worker arm where no other worker "
+        "shared the cores, for the fail-stale check, the count and Optuna's ask; one worker at a time, "
+        "so at 50% busy: 0.5 x trial length / lock time per trial (here / alone).",
         f"- **connections**: {r['connections']['held_max']} held at most by {r['workers']} workers = "
         f"{per_worker:.1f} per worker (the sweeper's pool and heartbeat, the trial's own storage, the lock's "
         f"session); max_connections {r['limits']['max_connections']} - {RESERVED_CONNECTIONS} reserved = "
@@ -382,11 +386,12 @@ def estimate(results: list[dict]) -> list[str]:
         beats = 1 + seconds // HEARTBEAT_INTERVAL
         server_ms = fixed_ms + beats * beat_ms
         by_server = 0.5 * cores * seconds * 1000 / server_ms
-        by_lock = 0.5 * seconds / held
+        by_lock, by_lock_alone = 0.5 * seconds / held, 0.5 * seconds / held_alone
         lines.append(
             f"| {label} | {beats} | {fixed_ms:.1f} + {beats} x {beat_ms:.2f} = {server_ms:.1f} | "
             f"0.5 x {cores} x {seconds} s / {server_ms / 1000:.3f} s = {by_server:,.0f} | "
-            f"0.5 x {seconds} s / {held:.3f} s = {by_lock:,.0f} | {by_connections:.0f} |"
+            f"0.5 x {seconds} s / {held:.3f} s = {by_lock:,.0f} (/ {held_alone:.3f} s = "
+            f"{by_lock_alone:,.0f}) | {by_connections:.0f} |"
         )
     return lines
 
@@ -416,17 +421,37 @@ the gap median is the same between two trials of one worker, start-up left out.
 
 {chr(10).join(estimate(results))}
 
-What this rests on: one study of {r0["trials"]} trials (Optuna's ask and the fail-stale check read every trial
-of the study, so both figures grow with the study: a study of thousands of trials costs more per trial);
-server time counts execution only, not the connection handshakes (a new session per lock) nor the
-network, and the server shared its {os.cpu_count()} cores with the workers on loopback; 50% utilisation is
-the margin left for queueing. A real trial adds what this one has not: more reports (one per validation)
-and W&B or checkpoint writes, which are not storage traffic.
+{verdict(results)}
+
+What this rests on: one study of {r0["trials"]} trials (Optuna's ask and the fail-stale check read every
+trial of the study, so the lock time grows with the study: a study of thousands of trials holds it
+longer); server time is statement execution plus each new session's handshake timed from the client
+(an upper bound), not the network; the server shared its {os.cpu_count()} cores with the workers on
+loopback, and other sessions' jobs (a training run, a test suite) loaded the same cores during the run
+(load averages above): times, the lock's above all, are inflated by that, counts are not. 50%
+utilisation is the margin left for queueing. A real trial adds more reports (one per validation) and
+more heartbeats (counted above), and W&B or checkpoint writes, which are not storage traffic.
 
 Machine: {os.cpu_count()} cores, {cpu_name()}; tabled {time.strftime("%Y-%m-%d")}. Per-arm results:
 `bench/workers/*.json`.
 {END}"""
     replace_section(args.out, START, END, section)
+
+
+def verdict(results: list[dict]) -> str:
+    """Which limit comes first, in the measured arms and on paper."""
+    r = max(results, key=lambda r: r["workers"])
+    busy = 100 * r["lock"]["held_s"] / r["wall_s"]
+    p, per_worker = per_trial(r), r["connections"]["held_max"] / r["workers"]
+    return (
+        f"**What comes first.** With {r['seconds']} s trials the study lock already binds at {r['workers']} "
+        f"workers: someone held it {busy:.0f}% of the wall time, which is what held that arm to "
+        f"{100 * p['per_min'] / p['ideal_per_min']:.0f}% of ideal. For trials of 5 minutes or longer the "
+        f"lock leaves room for at least {0.5 * 300 / p['lock_held_late_s']:,.0f} workers and the server's "
+        f"CPU for more; the first wall is connections: at {per_worker:.1f} per worker, PostgreSQL's default "
+        f"max_connections ({r['limits']['max_connections']}) serves about "
+        f"{(r['limits']['max_connections'] - RESERVED_CONNECTIONS) / per_worker:.0f} workers."
+    )
 
 
 def notes(results: list[dict]) -> list[str]:
@@ -439,7 +464,8 @@ def notes(results: list[dict]) -> list[str]:
             f"- {r['workers']} workers: {states}; per trial {p['transactions']:.0f} transactions, "
             f"{p['heartbeat_calls']:.0f} heartbeat statements, {p['in_reports_s'] * 1000:.0f} ms inside "
             f"report(); the server served {p['round_trips_per_s']:.0f} round trips/s and worked "
-            f"{p['server_ms_per_s']:.0f} ms per second of wall time."
+            f"{p['server_ms_per_s']:.0f} ms per second of wall time; load average "
+            f"{r['load_1min'][0]:.1f} at the start, {r['load_1min'][1]:.1f} at the end."
         )
     return lines
 
