@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 ARGS    ?=
 
-.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls bench-search-real install-llama bench-gguf clean
+.PHONY: help install install-bench train estimate sweep report compare dashboard test test-fast test-gpu lint format bench bench-gpu bench-trl bench-toolcalls bench-search-real bench-workers install-llama bench-gguf clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-12s %s\n", $$1, $$2}'
@@ -95,6 +95,12 @@ bench-toolcalls: install  ## SmolLM2-135M tool-call accuracy: base, recipe, smal
 # (bench/search_real/*.json) are reused, so a rerun only runs what is missing.
 bench-search-real: install  ## the default search vs hand-set runs on a real model: test tool calls, compute
 	$(PY) bench/bench_search_real.py --out BENCHMARKS.md
+
+# 200 sleep trials on 1, 2, 4 and 8 workers against a throwaway PostgreSQL (the tests' server); kept
+# results (bench/workers/*.json) are reused, so a rerun only runs what is missing.
+bench-workers: install  ## what many workers cost one PostgreSQL: round trips, connections, lock, trials/min (~20 min)
+	bash scripts/ensure-postgres.sh
+	$(PY) bench/bench_workers.py --out BENCHMARKS.md
 
 RUN     ?=
 # Needs make install-llama first (the script says so in one line if it is missing).

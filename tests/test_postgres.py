@@ -7,12 +7,9 @@ may reach a log line, a logged config or any file under the outputs.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +20,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests import pg_server
 from tests.conftest import ROOT
+from tests.pg_server import Server
 from tests.test_sweep import SMALL
 
 PASSWORD = "pg-Secret-7f3a9c"
@@ -31,60 +30,15 @@ WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
 HF_TOKEN = "hf_NotARealTokenButSecret42"
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    ctl: Callable[..., None]  # pg_ctl ARGS on this cluster: ctl("restart", "-m", "fast")
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Server]:
     """A throwaway PostgreSQL cluster on loopback with password auth; `make test` installs the server."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
+    if not pg_server.available():
         pytest.skip(
             "PostgreSQL server binaries not found (make test installs them: scripts/ensure-postgres.sh)"
         )
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses root
-    home = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
-    data, port = home / "data", _free_port()
-    (home / "pw").write_text(PASSWORD)
-    if as_postgres:
-        shutil.chown(home, "postgres")
-        shutil.chown(home / "pw", "postgres")
-    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True)  # noqa: E731
-    run(initdb, "-D", str(data), "-U", "sweeplab", f"--pwfile={home / 'pw'}", "--auth=scram-sha-256")
-    opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
-    ctl = lambda *args: run(pg_ctl, "-D", str(data), "-o", opts, "-l", str(home / "log"), "-w", *args)  # noqa: E731
-    ctl("start")
-    try:
-        base = f"postgresql+psycopg://sweeplab:{PASSWORD}@127.0.0.1:{port}"
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("CREATE DATABASE sweeps"))
-        engine.dispose()
-        yield Server(f"{base}/sweeps", ctl)
-    finally:
-        subprocess.run(
-            [*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(home, ignore_errors=True)
+    with pg_server.running(PASSWORD) as server:
+        yield server
 
 
 @pytest.fixture
