@@ -63,6 +63,7 @@ def common(args: argparse.Namespace, seed: int) -> list[str]:
         f"eval.n_generate={args.val}",
         "eval.batch_size=32",
         f"trainer.max_steps={args.steps}",
+        "optim.warmup_ratio=0.03",  # the default when the kept results ran (0.1 since the first-run defaults)
         f"objective.metric={OBJECTIVE}",
         f"seed={seed}",
         "logger=none",
