@@ -10,6 +10,8 @@ point (`python -m sweeplab.train`, `--multirun` for the searches) in its own out
   conf/hparams_search/qlora.yaml, so they are what the sweep runs), one full run each;
 - **hand-tuned**: `experiment=smollm2_toolcalls`'s recipe (r=16, alpha=32, lr 1e-3, 5 warmup steps):
   a person who knows that LoRA wants ~10x a full fine-tune's learning rate; one full run;
+- **first-run**: the defaults' recipe, what `make train` runs (lora=r16, optim.lr and warmup_ratio read from
+  conf/optim/adamw.yaml: 2e-3, 10%), chosen after this bench's range tests; one full run;
 - **search**: the default tool-call search (`hparams_search=qlora_tool_exact`) given BUDGET full runs
   of compute, its lr range test, pruned trials and recipes included;
 - **random** (optional, `--arms random`): random search over the same space, same budget, no range test.
@@ -44,7 +46,7 @@ from benchmarks_md import cpu_name, replace_section  # bench/ is sys.path[0] whe
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench_search_real:start -->", "<!-- bench_search_real:end -->"
 METRICS = ("tool_exact", "args_acc", "tool_name_acc", "json_valid")
-HAND_SET = ("qlora-toolcall", "guanaco", "hand-tuned")
+HAND_SET = ("qlora-toolcall", "guanaco", "hand-tuned", "first-run")
 BUDGET = 4  # the search's compute, in full runs
 OBJECTIVE = "val/tool_exact"
 
@@ -84,6 +86,8 @@ def recipes() -> dict[str, list[str]]:
         f"optim.lr={exp['optim']['lr']}",
         f"optim.warmup_steps={exp['optim']['warmup_steps']}",
     ]
+    optim = yaml.safe_load((ROOT / "conf/optim/adamw.yaml").read_text())
+    arms["first-run"] = ["lora=r16", f"optim.lr={optim['lr']}", f"optim.warmup_ratio={optim['warmup_ratio']}"]
     return arms
 
 
@@ -268,7 +272,7 @@ def plot(results: dict[str, list[dict]], args: argparse.Namespace, path: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", default="qlora-toolcall,guanaco,hand-tuned,search")
+    parser.add_argument("--arms", default="qlora-toolcall,guanaco,hand-tuned,first-run,search")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of a full run")
     parser.add_argument("--batch", type=int, default=4, help="packed rows per step")
