@@ -266,6 +266,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 raise KeyboardInterrupt
             for worker in workers:  # in the try: a SIGTERM while they finish their trials stops them too
                 worker.wait()
+            if complete and workers:
+                # A worker killed after this loop had counted its trial as running left it RUNNING: the
+                # loop, once more, finds it lost (its pid is gone here) and runs its retry in this process.
+                complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         except (SweepInterrupted, KeyboardInterrupt) as stop:
             sig = signal.SIGTERM if self.sigterm.received or "SIGTERM" in str(stop) else signal.SIGINT
             for worker in workers:  # their own sessions: the signal reached this process only
