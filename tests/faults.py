@@ -47,3 +47,40 @@ def restart_storage_once(cfg: object, trial: object) -> None:
     (Path(folder) / "restart").touch()
     while not (Path(folder) / "restarted").exists():
         time.sleep(0.1)
+
+
+class KillAWorkerAfterTheLoopEnds(L.Callback):
+    """Two trials on two workers. At `at_step`, the command's own process waits until the spawned worker
+    has a trial too; the worker (once per `marker` file) waits until the command's trial is COMPLETE,
+    then SIGKILLs itself. By then the command's loop has counted the worker's trial as running and
+    ended: what it does after its workers end is the test."""
+
+    def __init__(self, storage: str, study: str, marker: str, at_step: int) -> None:
+        self.storage, self.study, self.marker, self.at_step = storage, study, marker, at_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
+        from pathlib import Path
+
+        import optuna
+
+        from sweeplab.training.ranks import WORKER_ENV
+
+        if trainer.global_step != self.at_step or Path(self.marker).exists():
+            return
+        study = optuna.load_study(study_name=self.study, storage=self.storage)
+        state = optuna.trial.TrialState
+        if not os.environ.get(WORKER_ENV):
+            _wait_for(lambda: len(study.get_trials(deepcopy=False, states=(state.RUNNING,))) >= 2)
+            return
+        Path(self.marker).touch()
+        _wait_for(lambda: bool(study.get_trials(deepcopy=False, states=(state.COMPLETE,))))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for(condition, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the other worker never got there"
+        time.sleep(0.2)

@@ -245,3 +245,31 @@ def test_oom_and_dead_data_loader_fail_their_trials_and_free_memory(tmp_path: Pa
     assert [t["models_alive_at_start"] for t in (oom, loader, healthy)] == [0, 0, 0]
     # A failed trial drops the base the worker held: each trial after a failure loads its own.
     assert [t["base_reused"] for t in (oom, loader, healthy)] == [False, False, False]
+
+
+def test_a_worker_killed_after_the_loop_ended_is_retried_before_the_command_ends(tmp_path: Path) -> None:
+    """2 trials, 2 workers: the command's own trial finishes, its loop counts the other worker's trial as
+    running and ends; then that worker is SIGKILLed. The command, its workers done, finds the trial lost
+    and runs the retry itself: it ends with 2 trials COMPLETE, none RUNNING, not one short."""
+    storage = f"sqlite:///{tmp_path / 'sweeps' / 'optuna.db'}"
+    hook = (
+        "+callbacks.extra=[{_target_: tests.faults.KillAWorkerAfterTheLoopEnds, "
+        f"storage: '{storage}', study: k, marker: '{tmp_path / 'killed'}', at_step: 3}}]"
+    )
+    cmd = command(tmp_path, "k", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", hook)
+    result = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, TRUST_ENV: "tests.faults.*"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "killed").exists()  # the worker's trial reached the fault
+    trials = load(tmp_path, "k").trials
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states, states
+    [killed] = [t for t in trials if t.state == TrialState.FAIL]
+    assert killed.user_attrs["fail_kind"] == "killed"
+    assert retry_of(trials, killed.number).state == TrialState.COMPLETE

@@ -9,15 +9,12 @@ command that submits workers as cluster jobs and waits for them in cluster.py.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import math
 import os
 import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from optuna.trial import TrialState
 
 from hydra_plugins.sweeplab_sweeper import apps, checks, cluster, phases, retention
 from hydra_plugins.sweeplab_sweeper.config import EXTRA_DEFAULTS
+from hydra_plugins.sweeplab_sweeper.failures import FailureRule
 from hydra_plugins.sweeplab_sweeper.grid import grid_size, grid_space, is_grid, tell
 from hydra_plugins.sweeplab_sweeper.memory import MemoryGate, prune_predicted
 from hydra_plugins.sweeplab_sweeper.outcome import (
@@ -45,6 +43,7 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     shown_values,
 )
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
+from hydra_plugins.sweeplab_sweeper.sigterm import SigtermGuard
 from hydra_plugins.sweeplab_sweeper.storage import (
     absolute_url,
     default_storage,
@@ -128,8 +127,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         self.cluster: str | None = None  # 'slurm' | 'local' under a submitit launcher: workers are jobs
         self.budget = extra["budget"]  # runs of trainer.max_steps the whole study may train, or None
         self.keep_checkpoints = extra["keep_checkpoints"]
-        self.received: list[int] = []  # the SIGTERM this process got, if any
-        self.deferring = False  # in a storage section that a SIGTERM must not cut (on_sigterm)
+        self.sigterm = SigtermGuard()
         self.extra = extra
         # sweeplab's training task (its checks, phases and W&B grouping), or any other Hydra app
         self.own_task = True
@@ -145,17 +143,13 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         return self.objective.metrics if self.own_task else None
 
     @property
-    def max_failures(self) -> int:
-        """FAIL trials tolerated: max_failures, or upstream's rate as a share of n_trials, or n_trials."""
-        if self.max_failures_cfg is not None:
-            return self.max_failures_cfg
-        if self.max_failure_rate is not None:
-            return math.floor(self.max_failure_rate * self.n_trials)
-        return self.n_trials
+    def failure_rule(self) -> FailureRule:
+        """Built when asked: a grid sweep caps n_trials after __init__."""
+        return FailureRule(self.max_failures_cfg, self.max_failure_rate, self.n_trials)
 
     @property
-    def every_trial_may_fail(self) -> bool:
-        return self.max_failures_cfg is None and (self.max_failure_rate or 0.0) >= 1.0
+    def max_failures(self) -> int:
+        return self.failure_rule.limit
 
     def _get_directions(self) -> list[str]:
         """`auto` (the default, via ${objective.direction}): each objective metric's own sense."""
@@ -265,21 +259,19 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             if os.environ.get(WORKER_ENV)
             else cluster.local_workers(self.config, sweep_dir, self.n_jobs, study.study_name)
         )
-        self.received.clear()
-        self.deferring = False
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            # SIGTERM (SLURM, Kubernetes) outside a training step: stop like Ctrl-C, not die at once
-            # with the workers left running. Inside a step, GracefulStop takes both signals over.
-            previous = signal.signal(signal.SIGTERM, self.on_sigterm)
+        self.sigterm.install()
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
-            if self.received:  # it came in a storage section, which ended the loop
+            if self.sigterm.received:  # it came in a storage section, which ended the loop
                 raise KeyboardInterrupt
             for worker in workers:  # in the try: a SIGTERM while they finish their trials stops them too
                 worker.wait()
+            if complete and workers:
+                # A worker killed after this loop had counted its trial as running left it RUNNING: the
+                # loop, once more, finds it lost (its pid is gone here) and runs its retry in this process.
+                complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         except (SweepInterrupted, KeyboardInterrupt) as stop:
-            sig = signal.SIGTERM if self.received or "SIGTERM" in str(stop) else signal.SIGINT
+            sig = signal.SIGTERM if self.sigterm.received or "SIGTERM" in str(stop) else signal.SIGINT
             for worker in workers:  # their own sessions: the signal reached this process only
                 if worker.poll() is None:
                     worker.send_signal(sig)
@@ -296,8 +288,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         finally:
             for worker in workers:
                 worker.wait()
-            if previous is not None:  # a sweep driven from Python leaves its caller's handler in place
-                signal.signal(signal.SIGTERM, previous)
+            self.sigterm.restore()
         if not os.environ.get(WORKER_ENV):
             summarize(study, sweep_dir)
             if self.own_task:
@@ -311,9 +302,9 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         distributions = phases.before_trials(self, study, lock, distributions, fixed, fixed_overrides)
         max_steps = self.max_steps
         while True:
-            if self.received:  # a SIGTERM came while the last trial was stored: stop before the next
+            if self.sigterm.received:  # it came while the last trial was stored: stop before the next
                 raise SweepInterrupted("SIGTERM")
-            with self.signals_deferred(), lock() as held:
+            with self.sigterm.deferred(), lock() as held:
                 fail_lost_trials(study, self.max_retries)
                 trials = study.get_trials(deepcopy=False)
                 retention.apply(trials, self.keep_checkpoints, list(study.directions), self.max_retries)
@@ -326,14 +317,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     return True
                 # A trial stopped by the user is no failure of its params (it is queued again).
                 failures = [t for t in trials if t.state == TrialState.FAIL and not interrupted(t)]
-                if self.every_trial_may_fail and len(failures) >= self.n_trials:
-                    # Upstream's rate 1.0: failures never stop the sweep, which ends after n_trials
-                    # trials. FAIL trials do not count toward n_trials here, so it ends at n_trials of them.
-                    log.warning("all %d trials failed (hydra.sweeper.max_failure_rate=1.0)", len(failures))
-                    return True
-                if len(failures) > self.max_failures:
-                    self.stop_for_failures(failures)
-                    return False
+                if (verdict := self.failure_rule.verdict(failures)) is not None:
+                    return verdict
                 if self.patience is not None and (since := trials_since_best(study, trials)) >= self.patience:
                     log.info(
                         "the best has not improved over the last %d finished trials "
@@ -365,40 +350,6 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             if LOST.is_set():  # the heartbeat gave up after the trial had ended
                 raise LOST_ERROR[0]
 
-    def on_sigterm(self, signum: int, frame: Any) -> None:
-        """Stop at once (a job being set up, workers being waited for), but not inside a storage
-        section (ask and claim, the tell): cut there, a trial stays RUNNING, and the rerun calls it
-        killed and spends a retry on it. Such a section ends, then the loop stops (self.received)."""
-        if self.received:
-            return  # one is enough: the first is being handled
-        self.received.append(signum)
-        if not self.deferring:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def signals_deferred(self) -> Iterator[None]:
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
-
-    def stop_for_failures(self, failures: list[optuna.trial.FrozenTrial]) -> None:
-        """Upstream raises the failing job's error; here its reason goes to stderr with the rule."""
-        if self.max_failures_cfg is not None:
-            rule = f"hydra.sweeper.max_failures={self.max_failures_cfg}"
-        elif self.max_failure_rate is not None:
-            rule = f"hydra.sweeper.max_failure_rate={self.max_failure_rate} of n_trials={self.n_trials}"
-        else:
-            rule = f"by default n_trials={self.n_trials}"
-        last = failures[-1]
-        message = (
-            f"{len(failures)} trials failed, more than {self.max_failures} ({rule}): stopping the sweep; "
-            f"the last, trial {last.number}: {last.user_attrs.get('fail_reason', 'no reason recorded')}"
-        )
-        log.error("%s", message)
-        print(f"sweeplab: error: {message}", file=sys.stderr)
-
     def run_trial(self, study: optuna.Study, storage, trial: optuna.Trial, overrides: list[str]) -> None:
         recipe = trial.user_attrs.get("recipe")
         params = " ".join(f"{k}={v}" for k, v in trial.params.items())
@@ -422,14 +373,14 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         heart.start()
         try:
-            if self.received:  # it came while this trial was asked: the trial never starts
+            if self.sigterm.received:  # it came while this trial was asked: the trial never starts
                 raise KeyboardInterrupt
             [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
         except (KeyboardInterrupt, SystemExit) as exc:  # stopped outside a training step
             self.stop_trial(study, trial, f"interrupted ({type(exc).__name__})")
             raise SweepInterrupted(f"trial {trial.number} interrupted") from None
         finally:
-            self.deferring = True  # the job has ended: its trial is stored before a SIGTERM stops us
+            self.sigterm.deferring = True  # the job has ended: its trial is stored before a SIGTERM stops us
             beating.set()
             heart.join()
         try:
@@ -437,7 +388,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             del ret  # the job's exception holds its frames, and with them its model
             self.store(study, storage, trial, *result)
         finally:
-            self.deferring = False
+            self.sigterm.deferring = False
 
     def store(self, study: optuna.Study, storage, trial: optuna.Trial, state, values, reason, kind) -> None:
         """What the job's end means for its trial, told to the study; a stop or a lost storage raises."""
