@@ -175,12 +175,13 @@ def test_two_workers_a_killed_trial_resumes_and_then_its_checkpoint_goes(tmp_pat
     number, pid = worker_1_trial_checkpointed.victim
     os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
-    assert (tmp_path / "sweeps" / "two" / str(number) / "checkpoints" / "last.ckpt").is_file()
-    # Worker 0 may have filled the study (3 finished + the killed one RUNNING) before the kill: then the
-    # rerun finds the dead worker's trial; else worker 0 did. Either way it is resumed, once.
+    # Worker 0 may have counted the killed trial as running and ended its loop before the kill: the command
+    # then finds the dead worker's trial once its workers are done; else worker 0's loop found it. Either
+    # way it is resumed, once, before the command ends; a rerun has nothing left to do.
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     trials = load(tmp_path, "two").trials
+    assert len(trials) == 5  # 4 and the killed one's retry: the rerun added none
     assert trials[number].state == TrialState.FAIL and trials[number].user_attrs["fail_kind"] == "killed"
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == number]
     assert retry.state == TrialState.COMPLETE
