@@ -37,7 +37,11 @@ def claim(study: optuna.Study, trial: optuna.Trial) -> None:
 
 def _alive(worker: dict) -> bool:
     try:  # the start time tells a reused pid from the worker that held the trial
-        return abs(psutil.Process(worker["pid"]).create_time() - worker["started"]) < 1.0
+        proc = psutil.Process(worker["pid"])
+        same = abs(proc.create_time() - worker["started"]) < 1.0
+        # A killed worker stays a zombie until its parent reaps it (a sweep's command reaps its workers
+        # only at its end): it holds a pid and a start time, and it is dead.
+        return same and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, KeyError, TypeError):
         return False
 
@@ -64,12 +68,26 @@ class RetryWithCheckpoint(RetryHeartbeatStaleTrialCallback):
             retry.user_attrs[RESUME_ATTR] = ckpt
         retry.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER_ATTR}
         before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        super().__call__(study, retry)
+        limit = self._max_retry
+        if limit is not None:  # earlier attempts that were interrupted or lost the storage cost no retry
+            self._max_retry = limit + _free_attempts(study, trial.system_attrs.get("retry_history", []))
+        try:
+            super().__call__(study, retry)
+        finally:
+            self._max_retry = limit
         queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before
         where = f" from {ckpt}" if ckpt else ""
         log.warning(
             "trial %d: %s", trial.number, f"its params run again{where}" if queued else "no retries left"
         )
+
+
+FREE_KINDS = ("interrupted", "storage")  # no verdict on the params: a retry is not used up by them
+
+
+def _free_attempts(study: optuna.Study, numbers: list[int]) -> int:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    return sum(1 for n in numbers if n in trials and trials[n].user_attrs.get("fail_kind") in FREE_KINDS)
 
 
 def fail_lost_trials(study: optuna.Study, max_retry: int | None) -> None:

@@ -70,6 +70,7 @@ from sweeplab.sweep.pruners import pruner_node
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.task import is_sweeplab_task
 from sweeplab.sweep.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from sweeplab.training.interrupt import take_signal
 from sweeplab.training.ranks import WORKER_ENV
 from sweeplab.trust import refusal
 
@@ -260,6 +261,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             else cluster.local_workers(self.config, sweep_dir, self.n_jobs, study.study_name)
         )
         self.sigterm.install()
+        take_signal()  # one a run took over before this sweep is not this sweep's
         try:
             complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
             if self.sigterm.received:  # it came in a storage section, which ended the loop
@@ -387,6 +389,8 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
             result = outcome(ret, len(study.directions))
             del ret  # the job's exception holds its frames, and with them its model
             self.store(study, storage, trial, *result)
+            if (taken := take_signal()) is not None:  # the job took it over, and its trial ended anyway
+                raise SweepInterrupted(f"{taken} during trial {trial.number}, which ended {result[0].name}")
         finally:
             self.sigterm.deferring = False
 

@@ -21,6 +21,17 @@ from sweeplab.outputs import atomic_write_text
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STORAGE_LOST_NOTE = "storage_lost.txt"  # beside last.ckpt; the sweep's rerun reads it
+# The signal a run took over, kept for the sweep loop that ran it in this process: a trial may end another
+# way before the step it would stop at (pruned at the validation the signal came in, or finished), and the
+# loop must stop all the same instead of asking for the next trial.
+_TAKEN: list[str] = []
+
+
+def take_signal() -> str | None:
+    """The name of the signal a run took over since the last call, if any (and forget it)."""
+    name = _TAKEN[0] if _TAKEN else None
+    _TAKEN.clear()
+    return name
 
 
 class GracefulStop(L.Callback):
@@ -40,6 +51,7 @@ class GracefulStop(L.Callback):
         if self.requested:
             raise KeyboardInterrupt  # the second one: stop now
         self.requested = signal.Signals(signum).name
+        _TAKEN.append(self.requested)
         log.warning(
             "%s: stopping after this step, saving %s (again to stop at once)", self.requested, self.ckpt_path
         )
