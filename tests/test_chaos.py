@@ -348,8 +348,15 @@ def test_every_cut_off_trial_failed_with_its_kind_and_resumed_from_its_checkpoin
 
 def test_no_traceback_or_error_in_any_log(chaos: Sweep) -> None:
     logs = [*chaos.all_logs(), *sorted((chaos.out / "sweeps" / STUDY).glob("*/train.log"))]
-    bad = [str(p) for p in logs if "Traceback" in (text := p.read_text()) or "sweeplab: error" in text]
-    assert bad == [], chaos.tail()
+    bad = {p: text for p in logs if "Traceback" in (text := p.read_text()) or "sweeplab: error" in text}
+    shown = "\n\n".join(f"{p}:\n{excerpt(text)}" for p, text in bad.items())
+    assert not bad, f"{shown}\n\n{chaos.tail()}"
+
+
+def excerpt(text: str) -> str:
+    """From a little before the first traceback or error: what went wrong, for a replay by seed."""
+    at = min(i for i in (text.find("Traceback"), text.find("sweeplab: error")) if i >= 0)
+    return text[max(0, at - 1500) : at + 3000]
 
 
 def test_every_finished_trial_has_whole_metrics(chaos: Sweep) -> None:

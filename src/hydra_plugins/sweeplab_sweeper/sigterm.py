@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -45,3 +46,18 @@ class SigtermGuard:
             yield
         finally:
             self.deferring = False
+
+
+class WorkerSignals:
+    """Passes a stop on to a sweep's worker processes (their own sessions: a signal reaches the main
+    process only), once each: a second signal would stop a worker at once, without its checkpoint."""
+
+    def __init__(self, workers: list[subprocess.Popen]) -> None:
+        self.workers = workers
+        self._sent: set[int] = set()
+
+    def send(self, sig: int) -> None:
+        for worker in self.workers:
+            if worker.poll() is None and worker.pid not in self._sent:
+                self._sent.add(worker.pid)
+                worker.send_signal(sig)

@@ -43,7 +43,7 @@ from hydra_plugins.sweeplab_sweeper.outcome import (
     shown_values,
 )
 from hydra_plugins.sweeplab_sweeper.recovery import RESUME_ATTR, RetryWithCheckpoint, claim, fail_lost_trials
-from hydra_plugins.sweeplab_sweeper.sigterm import SigtermGuard
+from hydra_plugins.sweeplab_sweeper.sigterm import SigtermGuard, WorkerSignals
 from hydra_plugins.sweeplab_sweeper.storage import (
     absolute_url,
     default_storage,
@@ -70,7 +70,7 @@ from sweeplab.sweep.pruners import pruner_node
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.task import is_sweeplab_task
 from sweeplab.sweep.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
-from sweeplab.training.interrupt import take_signal
+from sweeplab.training.interrupt import passing_signals_to, take_signal
 from sweeplab.training.ranks import WORKER_ENV
 from sweeplab.trust import refusal
 
@@ -262,8 +262,10 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
         )
         self.sigterm.install()
         take_signal()  # one a run took over before this sweep is not this sweep's
+        to_workers = WorkerSignals(workers)
         try:
-            complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
+            with passing_signals_to(to_workers.send):  # a run here that takes a signal passes it on
+                complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
             if self.sigterm.received:  # it came in a storage section, which ended the loop
                 raise KeyboardInterrupt
             for worker in workers:  # in the try: a SIGTERM while they finish their trials stops them too
@@ -274,9 +276,7 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                 complete = self.work(study, storage, lock, distributions, fixed, fixed_overrides)
         except (SweepInterrupted, KeyboardInterrupt) as stop:
             sig = signal.SIGTERM if self.sigterm.received or "SIGTERM" in str(stop) else signal.SIGINT
-            for worker in workers:  # their own sessions: the signal reached this process only
-                if worker.poll() is None:
-                    worker.send_signal(sig)
+            to_workers.send(sig)  # those a run here has not passed it on to already
             for worker in workers:
                 worker.wait()
             log.warning("sweep stopped (%s); run the same command again to resume", stop or sig.name)
@@ -343,8 +343,11 @@ class SweeplabSweeperImpl(OptunaSweeperImpl):
                     self.stop_trial(study, trial, f"storage: {reason}", "storage")
                     continue
             overrides = with_recipe(list(overrides), trial)
-            # Outside the lock: sizing takes seconds, and other workers need not wait for it.
-            predicted = self.memory.reason(self.hydra_context, self.config, overrides)
+            try:  # outside the lock: sizing takes seconds, and other workers need not wait for it
+                predicted = self.memory.reason(self.hydra_context, self.config, overrides)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is claimed, so queue its params again
+                self.stop_trial(study, trial, "interrupted (KeyboardInterrupt) while sized")
+                raise SweepInterrupted(f"trial {trial.number} interrupted") from None
             if predicted is not None:
                 prune_predicted(study, trial, *predicted)
                 continue

@@ -6,10 +6,12 @@ scheduler's SIGTERM would lose everything since the last validation. A second si
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,19 @@ STORAGE_LOST_NOTE = "storage_lost.txt"  # beside last.ckpt; the sweep's rerun re
 # way before the step it would stop at (pruned at the validation the signal came in, or finished), and the
 # loop must stop all the same instead of asking for the next trial.
 _TAKEN: list[str] = []
+# Who else must hear of it at once: a sweep's worker processes (their own sessions) get the signal the
+# moment a run in the main process takes it over, not after that run has saved and stopped (a
+# scheduler's grace period is for all of them at once).
+_PASS_ON: list[Callable[[int], None]] = []
+
+
+@contextlib.contextmanager
+def passing_signals_to(forward: Callable[[int], None]) -> Iterator[None]:
+    _PASS_ON.append(forward)
+    try:
+        yield
+    finally:
+        _PASS_ON.remove(forward)
 
 
 def take_signal() -> str | None:
@@ -52,6 +67,8 @@ class GracefulStop(L.Callback):
             raise KeyboardInterrupt  # the second one: stop now
         self.requested = signal.Signals(signum).name
         _TAKEN.append(self.requested)
+        for forward in _PASS_ON:
+            forward(signum)
         log.warning(
             "%s: stopping after this step, saving %s (again to stop at once)", self.requested, self.ckpt_path
         )
