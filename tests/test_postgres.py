@@ -225,6 +225,21 @@ def test_a_worker_started_during_a_restart_waits_for_the_server(postgres: Server
             back.join()
 
 
+@pytest.mark.slow
+def test_a_command_started_during_a_restart_rides_it_out(postgres: Server) -> None:
+    """A user's command (the late worker in another shell) that meets an immediate restart waits for the
+    server (crash recovery, then up) instead of failing; it would fail at once without the grace."""
+    from hydra_plugins.sweeplab_sweeper.checks import storage_problem
+
+    postgres.ctl("stop", "-m", "immediate")
+    back = threading.Timer(2.0, postgres.ctl, ["start"])
+    back.start()
+    try:
+        assert storage_problem(postgres.url, grace=60) is None
+    finally:
+        back.join()
+
+
 def _flaky(failures: int) -> Callable[[], str]:
     """Fails like a restarting server `failures` times, then answers."""
     import sqlalchemy.exc

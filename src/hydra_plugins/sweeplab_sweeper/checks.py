@@ -23,7 +23,7 @@ from hydra_plugins.sweeplab_sweeper.grid import grid_problems
 from sweeplab.config import validate
 from sweeplab.errors import ConfigError, DataError
 from sweeplab.sweep.pruners import PRUNER_WHITELIST, build_pruner, pruner_arguments, pruner_node
-from sweeplab.sweep.storage_retry import call_with_retry
+from sweeplab.sweep.storage_retry import call_with_retry, transient
 from sweeplab.trust import resolve_target
 
 STORAGES = (
@@ -338,9 +338,23 @@ def config_problems(config: DictConfig, direction: Any = "auto") -> list[str]:
     return []
 
 
-def storage_problem(url: str, timeout: float = 0) -> str | None:
-    """Parse, load the driver and (for servers) connect once, or for up to `timeout` s while the server
-    is unreachable; never print a password."""
+# What PostgreSQL answers while it restarts: the server is there (no wrong URL), so a user's command started
+# now rides it out for the whole storage_timeout.
+RESTARTING = tuple(
+    f"the database system is {state}"
+    for state in ("starting up", "shutting down", "in recovery mode", "not yet accepting connections")
+)
+# A refused connection is a typo as often as a restart: a user's command waits this long, no longer.
+REFUSED_WAIT_S = 15.0
+
+
+def storage_problem(url: str, timeout: float = 0, grace: float = 0) -> str | None:
+    """Parse, load the driver and (for servers) connect; never print a password.
+
+    A worker (`timeout`) rides out any outage, as its later storage calls do: its main process reached
+    the server a moment ago. A user's command (`grace`) rides out a server restart: up to `grace` s while
+    the server answers that it is restarting, up to REFUSED_WAIT_S while it answers nothing.
+    """
     import sqlalchemy
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -363,14 +377,26 @@ def storage_problem(url: str, timeout: float = 0) -> str | None:
         return f"{where}: the driver for {parsed.drivername!r} is not installed ({exc}); {STORAGES}"
     connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
     engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+    last: list[BaseException] = []  # the driver's own words, shown rather than "unreachable for over N s"
 
     def connect() -> None:
-        with engine.connect():
-            pass
+        try:
+            with engine.connect():
+                pass
+        except Exception as exc:
+            last[:] = [exc]
+            raise
 
     try:
-        call_with_retry(connect, url, timeout) if timeout else connect()
+        try:
+            call_with_retry(connect, url, timeout) if timeout else connect()
+        except Exception as exc:
+            if not (grace and transient(exc)):
+                raise
+            restarting = any(text in str(exc) for text in RESTARTING)
+            call_with_retry(connect, url, grace if restarting else min(grace, REFUSED_WAIT_S))
     except Exception as exc:  # noqa: BLE001 - every driver has its own errors; the message is what matters
+        exc = last[0] if last else exc
         reason = _oneline(getattr(exc, "orig", None) or exc)
         if parsed.password:
             reason = reason.replace(parsed.password, "***")

@@ -470,10 +470,10 @@ class SweeplabSweeper(Sweeper):
             "invalid sweeper config", apps.multi_objective_problems(impl.extra, impl._get_directions())
         )
         url = default_storage(impl.storage, Path(impl.sweep_dir))
-        # A worker's storage answered its main process a moment ago: failing now is an outage (a server
-        # restart) to ride out like any later storage call. A user's command fails fast on a wrong URL.
-        wait = impl.storage_timeout if os.environ.get(WORKER_ENV) else 0
-        checks.fail("cannot use the study storage", [p for p in [checks.storage_problem(url, wait)] if p])
+        # A worker rides out any outage; a user's command a restart, not long on a URL that answers nothing.
+        worker = bool(os.environ.get(WORKER_ENV))
+        problem = checks.storage_problem(url, impl.storage_timeout if worker else 0, impl.storage_timeout)
+        checks.fail("cannot use the study storage", [problem] if problem else [])
         launcher = impl.config.hydra.launcher
         checks.fail(
             "cannot run the workers as jobs", checks.cluster_problems(impl.cluster, url, launcher, impl.wait)
