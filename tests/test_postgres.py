@@ -240,6 +240,27 @@ def test_a_command_started_during_a_restart_rides_it_out(postgres: Server) -> No
         back.join()
 
 
+@pytest.mark.slow
+def test_a_suggested_param_is_stored_across_a_restart(postgres: Server) -> None:
+    """Optuna's cache stores each suggested param through a private storage call (chaos found it left
+    out of the retries: a restart there was a traceback). It rides out the restart and stores it once."""
+    from sweeplab.sweep.storage_retry import RetryingRDBStorage
+
+    storage = RetryingRDBStorage(postgres.url, timeout=60)
+    study = optuna.create_study(study_name=f"param-{time.time_ns()}", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("before", 0, 1)
+    postgres.ctl("stop", "-m", "immediate")
+    back = threading.Timer(2.0, postgres.ctl, ["start"])
+    back.start()
+    try:
+        value = trial.suggest_float("x", 0, 1)
+    finally:
+        back.join()
+    assert storage.get_trial(trial._trial_id).params == {"before": trial.params["before"], "x": value}
+    storage.engine.dispose()
+
+
 def _flaky(failures: int) -> Callable[[], str]:
     """Fails like a restarting server `failures` times, then answers."""
     import sqlalchemy.exc

@@ -139,6 +139,36 @@ class RetryingRDBStorage(RDBStorage):
             lambda: RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs), url, timeout
         )
 
+    def _set_trial_param(self, trial_id: int, name: str, value: float, *args: Any) -> None:
+        """Optuna's cache calls this private one for every suggested param: retried like the public calls.
+        A commit cut by a restart may have landed all the same: a retry that finds the param stored is done
+        (storing it again would break the one-param-per-name constraint)."""
+        tried: list[bool] = []
+
+        def once() -> None:
+            if tried and self._param_stored(trial_id, name):
+                return
+            tried.append(True)
+            RDBStorage._set_trial_param(self, trial_id, name, value, *args)
+
+        self._retried(once)
+
+    def _retried(self, fn: Callable[[], T]) -> T:
+        if getattr(self._depth, "n", 0):  # a call from inside another one: the outer call retries the whole
+            return fn()
+        self._depth.n = 1
+        try:
+            return call_with_retry(fn, self.url, self.timeout)
+        finally:
+            self._depth.n = 0
+
+    def _param_stored(self, trial_id: int, name: str) -> bool:
+        try:
+            RDBStorage.get_trial_param(self, trial_id, name)
+        except KeyError:
+            return False
+        return True
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_depth", None)  # thread-local, rebuilt on unpickling
@@ -152,20 +182,17 @@ class RetryingRDBStorage(RDBStorage):
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        depth = getattr(self._depth, "n", 0)
-        if depth:  # a call from inside another one: the outer call retries the whole
-            return method(self, *args, **kwargs)
-        self._depth.n = 1
-        try:
-            return call_with_retry(lambda: method(self, *args, **kwargs), self.url, self.timeout)
-        finally:
-            self._depth.n = 0
+        return self._retried(lambda: method(self, *args, **kwargs))
 
     return wrapper
 
 
 for _name, _member in inspect.getmembers(RDBStorage, inspect.isfunction):
-    if (not _name.startswith("_") or _name in ("_get_trials", "_get_stale_trial_ids")) and _name not in (
+    # The private ones Optuna's own cache calls (_set_trial_param has its own retry, above), except
+    # _create_new_trial: a commit cut there may have made the trial, and a retry would make a second.
+    if (
+        not _name.startswith("_") or _name in ("_get_trials", "_get_stale_trial_ids", "_get_best_trial_id")
+    ) and _name not in (
         "get_heartbeat_interval",
         "upgrade",
         "get_current_version",
