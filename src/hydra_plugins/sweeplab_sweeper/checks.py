@@ -345,7 +345,7 @@ RESTARTING = tuple(
     for state in ("starting up", "shutting down", "in recovery mode", "not yet accepting connections")
 )
 # A refused connection is a typo as often as a restart: a user's command waits this long, no longer.
-REFUSED_WAIT_S = 15.0
+REFUSED_WAIT_S = 10.0
 
 
 def storage_problem(url: str, timeout: float = 0, grace: float = 0) -> str | None:

@@ -9,6 +9,7 @@ killed trial's last checkpoint so the retry resumes instead of starting over.
 from __future__ import annotations
 
 import copy
+import datetime
 import logging
 import socket
 from pathlib import Path
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 WORKER_ATTR = "sweeplab:worker"
 RESUME_ATTR = "resume_from"
 STORAGE_LOST_NOTE = "storage_lost.txt"  # must match sweeplab.training.interrupt
+ORPHAN = "storage: never claimed (made by an ask that a storage outage cut; the ask made another)"
 KEPT_ATTRS = ("recipe", "recipe_overrides")  # the rest (run_dir, steps, ...) describe the failed attempt only
 
 
@@ -82,6 +84,10 @@ class RetryWithCheckpoint(RetryHeartbeatStaleTrialCallback):
         )
 
 
+def _unclaimed_for(trial: FrozenTrial, now: datetime.datetime) -> float:
+    return (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+
+
 FREE_KINDS = ("interrupted", "storage")  # no verdict on the params: a retry is not used up by them
 
 
@@ -101,13 +107,20 @@ def fail_lost_trials(study: optuna.Study, max_retry: int | None) -> None:
     host = socket.gethostname()
     storage = study._storage
     lost: dict[int, str] = {}
-    interval = getattr(storage, "heartbeat_interval", None)
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in its cache
+    interval = getattr(backend, "heartbeat_interval", None)
     if interval:
-        grace = storage.grace_period or 2 * interval  # RDBStorage's own default
+        grace = backend.grace_period or 2 * interval  # RDBStorage's own default
         for trial_id in storage._get_stale_trial_ids(study._study_id):
             lost[trial_id] = f"lost: no heartbeat from its worker for over {grace} s"
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.system_attrs.get(WORKER_ATTR)
+        if not worker and interval and _unclaimed_for(trial, now) > grace:
+            # Every trial is claimed in the section that asked it. One never claimed was made by an ask
+            # whose commit landed while its reply was lost to a restart (the ask, retried, made another):
+            # nobody runs it, and no heartbeat will ever call it stale.
+            lost[trial._trial_id] = ORPHAN
         if not worker or worker.get("host") != host:
             continue
         if _alive(worker):  # certain here: its beats were only held up by a storage outage
@@ -127,6 +140,8 @@ def fail_lost_trials(study: optuna.Study, max_retry: int | None) -> None:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished after all, or another worker failed it first
         log.warning("trial %d FAIL (%s)", storage.get_trial_number_from_id(trial_id), reason)
+        if reason == ORPHAN:
+            continue  # its twin runs: nothing to queue again
         # A storage outage is no verdict on the params: it uses up none of their retries.
         retries = None if kind == "storage" else max_retry
         RetryWithCheckpoint(retries)(study, copy.deepcopy(storage.get_trial(trial_id)))

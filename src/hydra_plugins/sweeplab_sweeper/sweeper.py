@@ -70,8 +70,8 @@ from sweeplab.sweep.pruners import pruner_node
 from sweeplab.sweep.storage_retry import LOST, LOST_ERROR, StorageUnreachable
 from sweeplab.sweep.task import is_sweeplab_task
 from sweeplab.sweep.trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
-from sweeplab.training.interrupt import passing_signals_to, take_signal
 from sweeplab.training.ranks import WORKER_ENV
+from sweeplab.training.signal_relay import passing_signals_to, take_signal
 from sweeplab.trust import refusal
 
 log = logging.getLogger(__name__)

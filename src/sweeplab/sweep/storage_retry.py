@@ -126,7 +126,7 @@ def call_with_retry(fn: Callable[[], T], url: str, timeout: float) -> T:
 
 
 class RetryingRDBStorage(RDBStorage):
-    """RDBStorage whose every public call (and the stale-trial query) goes through call_with_retry.
+    """RDBStorage whose every public call (and the private ones Optuna calls) goes through call_with_retry.
 
     pool_pre_ping: a pooled connection killed by a restart is replaced before use, not failed on.
     """
@@ -188,11 +188,11 @@ def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _name, _member in inspect.getmembers(RDBStorage, inspect.isfunction):
-    # The private ones Optuna's own cache calls (_set_trial_param has its own retry, above), except
-    # _create_new_trial: a commit cut there may have made the trial, and a retry would make a second.
-    if (
-        not _name.startswith("_") or _name in ("_get_trials", "_get_stale_trial_ids", "_get_best_trial_id")
-    ) and _name not in (
+    # And the private ones Optuna's own cache calls (_set_trial_param has its own retry, above). A commit
+    # of _create_new_trial cut by a restart may have made the trial all the same, and the retry (as
+    # Optuna's own on a deadlock) makes a second: the sweeper fails such an unclaimed one (recovery.py).
+    private = ("_get_trials", "_get_stale_trial_ids", "_get_best_trial_id", "_create_new_trial")
+    if (not _name.startswith("_") or _name in private) and _name not in (
         "get_heartbeat_interval",
         "upgrade",
         "get_current_version",

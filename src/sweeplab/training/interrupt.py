@@ -6,12 +6,10 @@ scheduler's SIGTERM would lose everything since the last validation. A second si
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +17,11 @@ import lightning as L
 
 from sweeplab.errors import Interrupted
 from sweeplab.outputs import atomic_write_text
+from sweeplab.training.signal_relay import took
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STORAGE_LOST_NOTE = "storage_lost.txt"  # beside last.ckpt; the sweep's rerun reads it
-# The signal a run took over, kept for the sweep loop that ran it in this process: a trial may end another
-# way before the step it would stop at (pruned at the validation the signal came in, or finished), and the
-# loop must stop all the same instead of asking for the next trial.
-_TAKEN: list[str] = []
-# Who else must hear of it at once: a sweep's worker processes (their own sessions) get the signal the
-# moment a run in the main process takes it over, not after that run has saved and stopped (a
-# scheduler's grace period is for all of them at once).
-_PASS_ON: list[Callable[[int], None]] = []
-
-
-@contextlib.contextmanager
-def passing_signals_to(forward: Callable[[int], None]) -> Iterator[None]:
-    _PASS_ON.append(forward)
-    try:
-        yield
-    finally:
-        _PASS_ON.remove(forward)
-
-
-def take_signal() -> str | None:
-    """The name of the signal a run took over since the last call, if any (and forget it)."""
-    name = _TAKEN[0] if _TAKEN else None
-    _TAKEN.clear()
-    return name
 
 
 class GracefulStop(L.Callback):
@@ -65,10 +40,7 @@ class GracefulStop(L.Callback):
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt  # the second one: stop now
-        self.requested = signal.Signals(signum).name
-        _TAKEN.append(self.requested)
-        for forward in _PASS_ON:
-            forward(signum)
+        self.requested = took(signum)  # the sweep loop in this process, and its workers, hear of it
         log.warning(
             "%s: stopping after this step, saving %s (again to stop at once)", self.requested, self.ckpt_path
         )
