@@ -427,8 +427,7 @@ What this rests on: one study of {r0["trials"]} trials (Optuna's ask and the fai
 trial of the study, so the lock time grows with the study: a study of thousands of trials holds it
 longer); server time is statement execution plus each new session's handshake timed from the client
 (an upper bound), not the network; the server shared its {os.cpu_count()} cores with the workers on
-loopback, and other sessions' jobs (a training run, a test suite) loaded the same cores during the run
-(load averages above): times, the lock's above all, are inflated by that, counts are not. 50%
+loopback{load_caveat(results)} 50%
 utilisation is the margin left for queueing. A real trial adds more reports (one per validation) and
 more heartbeats (counted above), and W&B or checkpoint writes, which are not storage traffic.
 
@@ -438,15 +437,39 @@ Machine: {os.cpu_count()} cores, {cpu_name()}; tabled {time.strftime("%Y-%m-%d")
     replace_section(args.out, START, END, section)
 
 
+def load_caveat(results: list[dict]) -> str:
+    """Whether other work shared the cores, from the load averages each arm recorded."""
+    cores = os.cpu_count() or 1
+    loaded = [str(r["workers"]) for r in results if max(r["load_1min"]) > cores]
+    if loaded:
+        return (
+            f", and other jobs loaded the same cores in the {', '.join(loaded)}-worker arm(s) (a 1-minute "
+            "load average above the core count, listed above): their times, the lock's above all, are "
+            "inflated by that, counts are not."
+        )
+    peak = max(max(r["load_1min"]) for r in results)
+    return f", and nothing else loaded them (load average at most {peak:.1f}, above)."
+
+
 def verdict(results: list[dict]) -> str:
     """Which limit comes first, in the measured arms and on paper."""
     r = max(results, key=lambda r: r["workers"])
     busy = 100 * r["lock"]["held_s"] / r["wall_s"]
     p, per_worker = per_trial(r), r["connections"]["held_max"] / r["workers"]
+    of_ideal = f"{100 * p['per_min'] / p['ideal_per_min']:.0f}% of ideal"
+    if busy >= 50:  # one worker at a time holds it: past half the wall time, it is what they wait on
+        measured = (
+            f"With {r['seconds']} s trials the study lock already binds at {r['workers']} workers: someone "
+            f"held it {busy:.0f}% of the wall time, which is what held that arm to {of_ideal}."
+        )
+    else:
+        measured = (
+            f"With {r['seconds']} s trials, {r['workers']} workers ran at {of_ideal}, the study lock held "
+            f"{busy:.0f}% of the wall time: not yet the limit at this size; the rest is each worker's own "
+            f"time between trials ({p['sweeper_s']:.2f} s per trial)."
+        )
     return (
-        f"**What comes first.** With {r['seconds']} s trials the study lock already binds at {r['workers']} "
-        f"workers: someone held it {busy:.0f}% of the wall time, which is what held that arm to "
-        f"{100 * p['per_min'] / p['ideal_per_min']:.0f}% of ideal. For trials of 5 minutes or longer the "
+        f"**What comes first.** {measured} For trials of 5 minutes or longer the "
         f"lock leaves room for at least {0.5 * 300 / p['lock_held_late_s']:,.0f} workers and the server's "
         f"CPU for more; the first wall is connections: at {per_worker:.1f} per worker, PostgreSQL's default "
         f"max_connections ({r['limits']['max_connections']}) serves about "
